@@ -1,0 +1,117 @@
+"""The seam between the agent's schedulers and its HTTP engines.
+
+Both engines (aiohttp, and the fast uvloop + httptools one) implement
+`HttpClient`. A scheduler prepares each request once (`HttpRequest`), then
+calls `send` on the hot path; the engine answers with a `Reply` or raises one
+of the three `SendError` classes, which map one to one onto outcome classes.
+Keeping classification here means both engines count outcomes the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+from urllib.parse import urlsplit
+
+# Outcome classes, in report order. "dropped" is decided by the scheduler (an
+# arrival that could not start), never by an engine.
+OUTCOMES: tuple[str, ...] = (
+    "2xx",
+    "3xx",
+    "4xx",
+    "5xx",
+    "timeout",
+    "connect_error",
+    "error",
+    "dropped",
+)
+
+
+def outcome_of_status(status: int) -> str:
+    if 200 <= status < 300:
+        return "2xx"
+    if 300 <= status < 400:
+        return "3xx"
+    if 400 <= status < 500:
+        return "4xx"
+    if 500 <= status < 600:
+        return "5xx"
+    return "error"
+
+
+class SendError(Exception):
+    """A request that got no HTTP status; `outcome` names its class."""
+
+    outcome = "error"
+
+
+class RequestTimeout(SendError):
+    outcome = "timeout"
+
+
+class ConnectFailed(SendError):
+    outcome = "connect_error"
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    scheme: str
+    host: str
+    port: int
+
+    @property
+    def tls(self) -> bool:
+        return self.scheme == "https"
+
+    @classmethod
+    def parse(cls, base_url: str) -> Endpoint:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {base_url!r}")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        return cls(parts.scheme, parts.hostname, port)
+
+    @property
+    def authority(self) -> str:
+        default = 443 if self.tls else 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == default else f"{host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.scheme}://{self.authority}"
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    """One request, fully resolved (templating, if any, already applied)."""
+
+    endpoint: Endpoint
+    method: str
+    path: str  # path plus query, starting with "/"
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+    want_body: bool = False  # keep the reply's body and headers (extraction, checks)
+    follow_redirects: bool = False
+
+    @property
+    def url(self) -> str:
+        return self.endpoint.base_url + self.path
+
+
+@dataclass(slots=True)
+class Reply:
+    status: int
+    bytes_in: int
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+
+
+class HttpClient(Protocol):
+    """An engine's client: one keep-alive pool (shared, or one user's own)."""
+
+    async def send(self, request: HttpRequest, timeout: float) -> Reply:
+        """Send and await the whole reply; raise a `SendError` subclass on failure."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,116 @@
+"""The agent's end of the cluster link: one DEALER socket to the coordinator.
+
+Everything the agent sends goes through here; snapshots are kept in an
+outbox until the coordinator acks them, and resent after a silence or a
+reconnect, so a short network cut loses no results (a ROUTER drops messages
+for a peer whose queue is full; acks make that visible and recoverable). The
+outbox is bounded — at least ten minutes of intervals — so memory stays flat.
+`last_heard` feeds the dead-man switch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+
+import zmq
+import zmq.asyncio
+from loadctl.protocol.codec import MAX_FRAME_BYTES, ProtocolError, decode, encode
+from loadctl.protocol.messages import Message, Snapshot
+
+log = logging.getLogger("loadctl.agent")
+
+OUTBOX_LIMIT = 1200  # snapshots kept unacked: 20 minutes at 1 s intervals
+RESEND_AFTER = 2.0  # seconds an unacked snapshot waits before it is sent again
+
+
+class CoordinatorLink:
+    def __init__(
+        self, ctx: zmq.asyncio.Context, endpoint: str, agent_id: str, configure: object = None
+    ) -> None:
+        self.endpoint = endpoint
+        self.agent_id = agent_id
+        self.socket = ctx.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.IDENTITY, agent_id.encode())
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
+        self.socket.setsockopt(zmq.SNDHWM, 10000)
+        self.socket.setsockopt(zmq.RCVHWM, 10000)
+        self.socket.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+        self.socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
+        self.socket.setsockopt(zmq.RECONNECT_IVL, 200)
+        self.socket.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        apply = getattr(configure, "apply", None)
+        if callable(apply):
+            apply(self.socket)
+        self.socket.connect(endpoint)
+        self.last_heard = time.monotonic()
+        self.outbox: OrderedDict[int, tuple[float, bytes]] = OrderedDict()
+        self.next_seq = 1
+        self.outbox_dropped = 0
+        self.bad_frames = 0
+
+    async def send(self, message: Message) -> None:
+        await self.socket.send(encode(message), copy=False)
+
+    async def send_snapshot(self, snapshot: Snapshot) -> None:
+        data = encode(snapshot)
+        self.outbox[snapshot.seq] = (time.monotonic(), data)
+        while len(self.outbox) > OUTBOX_LIMIT:
+            self.outbox.popitem(last=False)
+            self.outbox_dropped += 1
+        await self.socket.send(data, copy=False)
+
+    def take_seq(self) -> int:
+        seq = self.next_seq
+        self.next_seq += 1
+        return seq
+
+    def acked(self, seqs: tuple[int, ...]) -> None:
+        for seq in seqs:
+            self.outbox.pop(seq, None)
+
+    async def resend_due(self, force: bool = False) -> int:
+        now = time.monotonic()
+        sent = 0
+        for seq, (stamp, data) in list(self.outbox.items()):
+            if force or now - stamp >= RESEND_AFTER:
+                self.outbox[seq] = (now, data)
+                await self.socket.send(data, copy=False)
+                sent += 1
+        return sent
+
+    async def receive(self, timeout: float) -> Message | None:
+        """The next valid message, or None after `timeout` seconds of nothing valid."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            if not await self.socket.poll(remaining * 1000):
+                return None
+            data = await self.socket.recv()
+            try:
+                message = decode(data)
+            except ProtocolError as error:
+                self.bad_frames += 1
+                if self.bad_frames <= 5 or self.bad_frames % 1000 == 0:
+                    log.warning("dropped a bad frame from the coordinator (%s)", error)
+                if _is_version_error(error):
+                    raise
+                continue
+            self.last_heard = time.monotonic()
+            return message
+
+    def silence(self) -> float:
+        return time.monotonic() - self.last_heard
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+
+
+def _is_version_error(error: ProtocolError) -> bool:
+    from loadctl.protocol.codec import VersionMismatch
+
+    return isinstance(error, VersionMismatch)

@@ -1,0 +1,65 @@
+"""The open model: arrival-rate phases (constant, ramping, burst).
+
+Arrival k of the phase is due at `curve.time_of(k)`; this agent sends the
+arrivals its share owns, each at its intended time, whether or not earlier
+ones have answered (that is what makes the model open). An arrival that
+finds the agent's in-flight bound reached is counted as dropped, never
+silently skipped. Ownership is re-checked after each wait, because a plan
+update may have moved the item to another agent meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from loadctl.agent.pacer import wait_until
+from loadctl.agent.requests import Mix
+
+if TYPE_CHECKING:
+    from loadctl.agent.runner import PhaseState, Runner
+
+
+async def run_open_phase(runner: Runner, state: PhaseState) -> None:
+    phase = state.phase
+    curve = phase.rate
+    assert curve is not None
+    mix = Mix(runner.scenario, phase)
+    limit = phase.max_in_flight or runner.scenario.defaults.max_in_flight
+    client = runner.shared_client()
+    sender = runner.sender
+    recorder = runner.recorder
+    total = curve.count()
+
+    def first_item_at(run_time: float) -> int:
+        return min(total, curve.first_at_or_after(run_time - phase.start))
+
+    k = runner.shares.next_owned(0, first_item_at)
+    while True:
+        if k is None:  # nothing of this phase is ours now; a plan update may change that
+            if runner.run_time() >= state.stop_at or runner.aborted:
+                return
+            await asyncio.sleep(runner.interval / 4)
+            k = runner.shares.next_owned(first_item_at(runner.run_time()), first_item_at)
+            continue
+        if k >= total:
+            return
+        due = phase.start + curve.time_of(k)
+        if due >= state.stop_at:
+            return
+        intended = runner.t0 + due
+        await wait_until(intended)
+        owner_check = runner.shares.next_owned(k, first_item_at)
+        if owner_check != k:  # the share changed while we waited
+            k = owner_check
+            continue
+        spec = mix.pick(k)
+        series = recorder.series(phase.name, spec.name)
+        series.arrivals += 1
+        if sender.in_flight >= limit:
+            series.count("dropped")
+        else:
+            sender.spawn(
+                client, phase.name, spec.name, runner.requests[spec.name], intended, spec.timeout
+            )
+        k = runner.shares.next_owned(k + 1, first_item_at)

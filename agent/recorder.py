@@ -1,0 +1,102 @@
+"""Per-interval results, cheap on the hot path.
+
+A request's completion appends three floats and bumps a counter: no
+histogram work per request. When the interval is cut, each series' raw
+latencies are binned into histograms in one vectorised call
+(`Histogram.record_many`) and the buffers start over. Memory is bounded by
+one interval's requests, whatever the length of the run.
+
+Series are keyed by (phase, request name). Arrivals are counted apart from
+completions: an arrival is counted when it is due (its intended time), a
+completion when its outcome is known, so open-model arrival counts match the
+schedule exactly while latencies land in the interval where they finished.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from loadctl.protocol.histogram import Histogram
+from loadctl.protocol.messages import Series
+
+_NS = 1e9
+
+
+@dataclass(slots=True)
+class SeriesBuffer:
+    phase: str
+    name: str
+    arrivals: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+    latency: list[float] = field(default_factory=list)  # seconds, from intended start
+    service: list[float] = field(default_factory=list)  # seconds, from actual send
+    send_lag: list[float] = field(default_factory=list)  # seconds
+    bytes_in: int = 0
+    checks_passed: int = 0
+    checks_failed: int = 0
+
+    def completed(
+        self, outcome: str, intended: float, sent: float, done: float, nbytes: int
+    ) -> None:
+        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+        self.bytes_in += nbytes
+        self.send_lag.append(sent - intended)
+        if outcome in _TIMED:
+            self.latency.append(done - intended)
+            self.service.append(done - sent)
+
+    def count(self, outcome: str, n: int = 1) -> None:
+        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + n
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.arrivals or self.outcomes or self.checks_passed or self.checks_failed)
+
+    def to_series(self) -> Series:
+        return Series(
+            phase=self.phase,
+            name=self.name,
+            arrivals=self.arrivals,
+            outcomes=dict(self.outcomes),
+            latency=_histogram(self.latency).to_wire(),
+            service=_histogram(self.service).to_wire(),
+            send_lag=_histogram(self.send_lag).to_wire(),
+            bytes_in=self.bytes_in,
+            checks_passed=self.checks_passed,
+            checks_failed=self.checks_failed,
+        )
+
+
+# Outcomes that got an HTTP status: their latency is a real response time.
+_TIMED = frozenset({"2xx", "3xx", "4xx", "5xx"})
+
+
+def _histogram(seconds: list[float]) -> Histogram:
+    h = Histogram()
+    if seconds:
+        values = np.asarray(seconds, dtype=np.float64) * _NS
+        np.maximum(values, 0.0, out=values)
+        h.record_many(values)
+    return h
+
+
+class Recorder:
+    """The current interval's buffers; `cut` hands them over and starts anew."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple[str, str], SeriesBuffer] = {}
+
+    def series(self, phase: str, name: str) -> SeriesBuffer:
+        key = (phase, name)
+        buffer = self._buffers.get(key)
+        if buffer is None:
+            buffer = self._buffers[key] = SeriesBuffer(phase, name)
+        return buffer
+
+    def cut(self) -> tuple[Series, ...]:
+        buffers, self._buffers = self._buffers, {}
+        # Keep the keys alive for the next interval so hot-path lookups hit.
+        for key in buffers:
+            self._buffers[key] = SeriesBuffer(*key)
+        return tuple(b.to_series() for b in buffers.values() if not b.is_empty)

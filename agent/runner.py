@@ -1,0 +1,177 @@
+"""Executing one plan on one agent: phases, interval cuts, plan updates.
+
+Times: the plan's start is on the coordinator's clock; the clock estimate
+maps it to this machine's `perf_counter`, which every schedule, latency and
+interval boundary then uses (uvloop's `loop.time()` is cached per loop
+iteration in whole milliseconds — too coarse to time requests with).
+
+Interval i covers run time [i·I, (i+1)·I). It is cut a little after its end
+(`_CUT_DELAY`) so that arrivals due just before the boundary, which the pacer
+sends up to about a millisecond late, are still counted in it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from loadctl.agent.engines import choose_engine, make_client
+from loadctl.agent.http import HttpClient
+from loadctl.agent.open_model import run_open_phase
+from loadctl.agent.recorder import Recorder
+from loadctl.agent.requests import prepare
+from loadctl.agent.sender import Sender
+from loadctl.agent.shares import ShareBook
+from loadctl.agent.users import run_user_phase
+from loadctl.protocol.clock import ClockEstimate
+from loadctl.protocol.messages import Plan, PlanUpdate, Series
+from loadctl.protocol.scenario import Phase, Scenario, parse_phases
+
+_CUT_DELAY = 0.05
+
+# Called with (interval index, start, end on the coordinator clock, series, final).
+SnapshotSink = Callable[[int, float, float, tuple[Series, ...]], Awaitable[None]]
+
+
+@dataclass
+class PhaseState:
+    phase: Phase
+    stop_at: float  # run time at which this phase must stop (its end, or a plan update's cut)
+    task: asyncio.Task[None] | None = None
+    active_users: int = 0
+    users: dict[int, asyncio.Task[None]] = field(default_factory=dict)
+
+
+class Runner:
+    def __init__(self, plan: Plan, clock: ClockEstimate, sink: SnapshotSink) -> None:
+        self.plan = plan
+        self.clock = clock
+        self.sink = sink
+        self.scenario = Scenario.from_wire(plan.scenario)
+        self.interval = plan.interval
+        self.shares = ShareBook(plan.share, plan.interval)
+        self.recorder = Recorder()
+        self.sender = Sender(self.recorder, self.scenario.defaults.timeout)
+        self.requests = prepare(self.scenario)
+        self.engine, self.engine_note = choose_engine(
+            None if self.scenario.defaults.engine == "auto" else self.scenario.defaults.engine,
+            needs_cookies=False,
+            needs_redirects=False,
+        )
+        self._client: HttpClient | None = None
+        self.phases: list[PhaseState] = []
+        self.end_at = math.inf  # run time; a plan update may bring it forward
+        self.aborted = False
+        self.changed = asyncio.Event()  # set on every plan update
+        # perf_counter at run time zero
+        self.t0 = time.perf_counter() + (plan.start_at - clock.to_coordinator(time.time()))
+        self._next_cut = 0
+
+    # -- clocks ---------------------------------------------------------------------------
+    def run_time(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def coordinator_time(self, run_time: float) -> float:
+        return self.plan.start_at + run_time
+
+    def started_at(self) -> float:
+        return self.plan.start_at
+
+    # -- clients ---------------------------------------------------------------------------
+    def shared_client(self) -> HttpClient:
+        if self._client is None:
+            self._client = make_client(self.engine, self.scenario.defaults.connections)
+        return self._client
+
+    def new_client(self, connections: int = 1) -> HttpClient:
+        return make_client(self.engine, connections)
+
+    # -- the run ---------------------------------------------------------------------------
+    async def run(self) -> None:
+        for phase in self.scenario.phases:
+            self._add_phase(phase)
+        ticker = asyncio.get_running_loop().create_task(self._tick())
+        try:
+            while not self.aborted:
+                pending = [p.task for p in self.phases if p.task and not p.task.done()]
+                if not pending:
+                    break
+                self.changed.clear()
+                waiter = asyncio.ensure_future(self.changed.wait())
+                await asyncio.wait([*pending, waiter], return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+            for p in self.phases:  # surface a bug in a phase loop instead of hiding it
+                if p.task and p.task.done() and not p.task.cancelled() and p.task.exception():
+                    raise p.task.exception()  # type: ignore[misc]
+            if not self.aborted:
+                await self.sender.drain(self.scenario.defaults.timeout + 1.0)
+        finally:
+            ticker.cancel()
+            await asyncio.gather(ticker, return_exceptions=True)
+        await self._cut(final=True)  # after an abort too: what was measured is kept
+        await self.close()
+
+    def _add_phase(self, phase: Phase) -> None:
+        state = PhaseState(phase, min(phase.end, self.end_at))
+        runner = run_open_phase if phase.is_open else run_user_phase
+        state.task = asyncio.get_running_loop().create_task(runner(self, state))
+        self.phases.append(state)
+
+    def apply(self, update: PlanUpdate) -> None:
+        boundary = update.at_interval * self.interval
+        if update.share is not None:
+            self.shares.add(update.share)
+        if update.phases is not None:
+            names = [r.name for r in self.scenario.requests]
+            new = parse_phases(list(update.phases), ("phases",), names, self.scenario.scale)
+            for p in self.phases:
+                p.stop_at = min(p.stop_at, max(boundary, p.phase.start))
+            for phase in new:
+                self._add_phase(phase)
+        if update.end_interval is not None:
+            self.end_at = min(self.end_at, update.end_interval * self.interval)
+            for p in self.phases:
+                p.stop_at = min(p.stop_at, self.end_at)
+        self.changed.set()
+
+    def abort(self) -> None:
+        """Stop all load now (dead-man switch, Stop): cancel phases and in-flight requests."""
+        self.aborted = True
+        for p in self.phases:
+            if p.task:
+                p.task.cancel()
+            for t in p.users.values():
+                t.cancel()
+        self.sender.cancel_all()
+        self.changed.set()
+
+    async def close(self) -> None:
+        clients = [self._client] if self._client else []
+        self._client = None
+        for c in clients:
+            await c.close()
+
+    @property
+    def active_users(self) -> int:
+        return sum(p.active_users for p in self.phases)
+
+    # -- intervals -------------------------------------------------------------------------
+    async def _tick(self) -> None:
+        from loadctl.agent.pacer import wait_until
+
+        while True:
+            await wait_until(self.t0 + (self._next_cut + 1) * self.interval + _CUT_DELAY)
+            await self._cut(final=False)
+
+    async def _cut(self, final: bool) -> None:
+        index = self._next_cut  # the final cut takes whatever the pending interval holds
+        self._next_cut = index + 1
+        start = self.coordinator_time(index * self.interval)
+        await self.sink(index, start, start + self.interval, self.recorder.cut())
+
+    def describe(self) -> dict[str, Any]:
+        return {"engine": self.engine, "engine_note": self.engine_note}

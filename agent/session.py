@@ -1,0 +1,321 @@
+"""One agent process's life: handshake, clock, plans, snapshots, dead-man switch.
+
+The session is a small state machine driven by the messages it receives,
+through a dispatch table from message class to handler. Its one hard rule is
+the dead-man switch: when nothing has come from the coordinator for
+`deadman` seconds, all load stops at once (phases and in-flight requests are
+cancelled, target connections closed); unsent results stay in the outbox.
+The agent then waits a bounded time for its coordinator to come back (to
+hand over those results and rejoin), or exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+import zmq.asyncio
+from loadctl.agent.link import CoordinatorLink
+from loadctl.agent.runner import Runner
+from loadctl.protocol.clock import ClockEstimate, ClockSample, estimate
+from loadctl.protocol.codec import VersionMismatch
+from loadctl.protocol.messages import (
+    PROTOCOL_VERSION,
+    Ack,
+    Bye,
+    Done,
+    Error,
+    Heartbeat,
+    Hello,
+    Message,
+    Ping,
+    Plan,
+    PlanUpdate,
+    Pong,
+    Ready,
+    Series,
+    Snapshot,
+    Started,
+    Stop,
+    Welcome,
+)
+
+from loadctl import __version__
+
+log = logging.getLogger("loadctl.agent")
+
+EXIT_OK = 0
+EXIT_FAILED = 3  # could not reach, or lost, the coordinator
+EXIT_INTERRUPTED = 130
+
+
+class AgentFailure(Exception):
+    """A reason to stop that the user should read in one line."""
+
+
+@dataclass
+class AgentOptions:
+    endpoint: str
+    agent_id: str = ""
+    connect_timeout: float = 15.0
+    deadman: float = 3.0  # the coordinator's Welcome may lower it, never raise it
+    orphan_timeout: float = 30.0  # after the dead-man switch: wait this long for the coordinator
+    serve: bool = False  # serve run after run (reconnecting) instead of exiting after one
+    security: Any = None  # loadctl.agent.security.ClientSecurity or None (plaintext)
+
+    def resolved_id(self) -> str:
+        return self.agent_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class AgentSession:
+    def __init__(self, options: AgentOptions) -> None:
+        self.options = options
+        self.agent_id = options.resolved_id()
+        self.ctx = zmq.asyncio.Context()
+        self.link = CoordinatorLink(self.ctx, options.endpoint, self.agent_id, options.security)
+        self.deadman = options.deadman
+        self.heartbeat = 0.5
+        self.clock: ClockEstimate | None = None
+        self.runner: Runner | None = None
+        self.run_task: asyncio.Task[None] | None = None
+        self.finished = False  # Bye received, or the run is over in one-run mode
+        self.process = psutil.Process()
+        self.process.cpu_percent(None)
+        self._pongs: asyncio.Queue[tuple[Pong, float]] = asyncio.Queue()
+        self._handlers: dict[type[Any], Callable[[Any], Awaitable[None]]] = {
+            Welcome: self._on_welcome,
+            Pong: self._on_pong,
+            Plan: self._on_plan,
+            PlanUpdate: self._on_update,
+            Ack: self._on_ack,
+            Heartbeat: self._ignore,
+            Stop: self._on_stop,
+            Bye: self._on_bye,
+            Error: self._on_error,
+        }
+        self._welcomed = asyncio.Event()
+        self._run_id = ""
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def run(self) -> int:
+        try:
+            await self._handshake()
+            while True:
+                await self._serve_until_done()
+                if not self.options.serve or self.finished:
+                    return EXIT_OK
+        finally:
+            if self.runner is not None:
+                self.runner.abort()
+                await self.runner.close()
+            self.link.close()
+            self.ctx.term()
+
+    async def _handshake(self) -> None:
+        deadline = time.monotonic() + self.options.connect_timeout
+        hello = Hello(
+            PROTOCOL_VERSION,
+            self.agent_id,
+            socket.gethostname(),
+            os.cpu_count() or 1,
+            1,
+            os.getpid(),
+            __version__,
+        )
+        self._welcomed.clear()
+        while not self._welcomed.is_set():
+            if time.monotonic() > deadline:
+                raise AgentFailure(
+                    f"no answer from the coordinator at {self.options.endpoint} after "
+                    f"{self.options.connect_timeout:g} s: check that it is running, the address "
+                    "and port are right and reachable, and the keys match"
+                )
+            await self.link.send(hello)
+            await self._pump(1.0)
+        samples = []
+        for seq in range(5):
+            await self.link.send(Ping(seq, time.time()))
+            got = await self._wait_pong(seq, 2.0)
+            if got is not None:
+                pong, received = got
+                samples.append(ClockSample(pong.sent, pong.coordinator_time, received))
+        if not samples:
+            raise AgentFailure("the coordinator answered Hello but not the clock pings")
+        self.clock = estimate(samples)
+        await self.link.send(Ready(self.clock.offset, self.clock.rtt))
+
+    async def _wait_pong(self, seq: int, timeout: float) -> tuple[Pong, float] | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            while not self._pongs.empty():
+                pong, received = self._pongs.get_nowait()
+                if pong.seq == seq:
+                    return pong, received
+            await self._pump(min(0.2, max(deadline - time.monotonic(), 0.0)))
+        return None
+
+    async def _pump(self, timeout: float) -> None:
+        """Receive and dispatch messages for up to `timeout` seconds."""
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                message = await self.link.receive(max(end - time.monotonic(), 0.0))
+            except VersionMismatch as error:
+                raise AgentFailure(f"the coordinator was refused: {error}") from None
+            if message is None:
+                return
+            await self._dispatch(message)
+            if time.monotonic() >= end:
+                return
+
+    async def _dispatch(self, message: Message) -> None:
+        handler = self._handlers.get(type(message))
+        if handler is None:
+            log.warning("ignored a %s from the coordinator", type(message).__name__)
+            return
+        await handler(message)
+
+    async def _serve_until_done(self) -> None:
+        last_beat = 0.0
+        while not self.finished:
+            await self._pump(self.heartbeat / 2)
+            now = time.monotonic()
+            if now - last_beat >= self.heartbeat:
+                last_beat = now
+                await self.link.send(self._heartbeat())
+                await self.link.resend_due()
+            if self.link.silence() > self.deadman:
+                await self._dead_man()
+                return
+
+    async def _dead_man(self) -> None:
+        stopped = self.runner is not None and not self.runner.aborted
+        if self.runner is not None:
+            self.runner.abort()
+            await self.runner.close()
+        log.error(
+            "no word from the coordinator for %.1f s: %s",
+            self.link.silence(),
+            "stopped all load" if stopped else "standing by",
+        )
+        deadline = time.monotonic() + self.options.orphan_timeout
+        while time.monotonic() < deadline:
+            await self.link.send(self._heartbeat())
+            await self._pump(0.5)
+            if self.link.silence() < 1.0 and self.link.outbox:
+                await self.link.resend_due(force=True)
+            if self.link.silence() < 1.0:
+                if self.finished:
+                    return
+                if not self.link.outbox:  # results handed over: rejoin as a fresh agent
+                    self.runner = None
+                    self.run_task = None
+                    await self._handshake()
+                    return
+        raise AgentFailure(
+            f"lost the coordinator at {self.options.endpoint} for "
+            f"{self.options.orphan_timeout:g} s; stopped all load"
+            + (f", {len(self.link.outbox)} snapshots unsent" if self.link.outbox else "")
+        )
+
+    def _heartbeat(self) -> Heartbeat:
+        state = "running" if self.run_task and not self.run_task.done() else "ready"
+        in_flight = self.runner.sender.in_flight if self.runner else 0
+        return Heartbeat(
+            state,
+            self.process.cpu_percent(None),
+            self.process.memory_info().rss,
+            in_flight,
+            time.time(),
+        )
+
+    # -- handlers -------------------------------------------------------------------------
+    async def _ignore(self, message: Message) -> None:
+        return None
+
+    async def _on_welcome(self, message: Welcome) -> None:
+        self.heartbeat = message.heartbeat
+        self.deadman = min(self.options.deadman, message.deadman)
+        self._welcomed.set()
+
+    async def _on_pong(self, message: Pong) -> None:
+        self._pongs.put_nowait((message, time.time()))
+
+    async def _on_plan(self, plan: Plan) -> None:
+        if self.run_task is not None and not self.run_task.done():
+            log.warning("ignored a second plan while running")
+            return
+        assert self.clock is not None
+        if self._run_id != plan.run_id:  # seqs count per run; a rejoin keeps counting
+            self._run_id = plan.run_id
+            self.link.next_seq = 1
+        self.runner = Runner(plan, self.clock, self._sink)
+        self.run_task = asyncio.get_running_loop().create_task(self._run_plan(self.runner))
+
+    async def _run_plan(self, runner: Runner) -> None:
+        await self.link.send(
+            Started(
+                runner.plan.run_id,
+                runner.plan.start_at,
+                self.clock.error_bound if self.clock else 0.0,
+            )
+        )
+        try:
+            await runner.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # a bug must not leave load running or results unsent
+            log.exception("the run failed on this agent")
+            runner.abort()
+            await self.link.send(Error("agent-run-failed", f"{type(error).__name__}: {error}"))
+        await self.link.send(
+            Done(runner.plan.run_id, self.link.next_seq - 1, runner.engine_note or "")
+        )
+
+    async def _sink(
+        self, interval: int, start: float, end: float, series: tuple[Series, ...]
+    ) -> None:
+        runner = self.runner
+        assert runner is not None
+        snapshot = Snapshot(
+            run_id=runner.plan.run_id,
+            agent_id=self.agent_id,
+            seq=self.link.take_seq(),
+            interval=interval,
+            start=start,
+            end=end,
+            series=series,
+            active_users=runner.active_users,
+            in_flight=runner.sender.in_flight,
+            cpu_percent=self.process.cpu_percent(None),
+            rss_bytes=self.process.memory_info().rss,
+        )
+        await self.link.send_snapshot(snapshot)
+
+    async def _on_update(self, update: PlanUpdate) -> None:
+        if self.runner is not None and self.runner.plan.run_id == update.run_id:
+            self.runner.apply(update)
+
+    async def _on_ack(self, ack: Ack) -> None:
+        self.link.acked(ack.seqs)
+
+    async def _on_stop(self, stop: Stop) -> None:
+        log.info("coordinator asked to stop: %s", stop.reason)
+        if self.runner is not None and self.runner.plan.run_id == stop.run_id:
+            self.runner.abort()  # _run_plan then cuts the last interval and says Done
+
+    async def _on_bye(self, bye: Bye) -> None:
+        self.finished = True
+
+    async def _on_error(self, error: Error) -> None:
+        if error.code in ("refused", "version"):
+            raise AgentFailure(f"the coordinator refused this agent: {error.message}")
+        log.warning("coordinator reported an error: %s: %s", error.code, error.message)

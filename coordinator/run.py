@@ -1,0 +1,452 @@
+"""One run, from the coordinator's side: admit agents, plan, watch, drain.
+
+The coordinator is a single asyncio task around one ROUTER socket: receive a
+message, hand it to its handler through a dispatch table, then `_tick` the
+clock-driven duties (heartbeats, liveness, start, end, drain). Nothing on the
+wire can raise out of the loop: the socket layer drops what does not decode,
+and handlers drop what does not belong (unknown agent, other run).
+
+Shares are positional: agent i of the plan has weight `weights[i]`. A lost
+agent's weight becomes 0 and a joining agent appends a weight, both from an
+interval boundary at least one full interval ahead, so every agent hears of
+the change before it takes effect and no arrival is sent twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import zmq.asyncio
+from loadctl.coordinator.registry import AgentRecord, Registry
+from loadctl.coordinator.server import Server
+from loadctl.coordinator.timeline import Timeline
+from loadctl.protocol.messages import (
+    Ack,
+    Bye,
+    Done,
+    Error,
+    Heartbeat,
+    Hello,
+    Message,
+    Ping,
+    Plan,
+    PlanUpdate,
+    Pong,
+    Ready,
+    Share,
+    Snapshot,
+    Started,
+    Stop,
+    Welcome,
+)
+from loadctl.protocol.scenario import Phase, Scenario, parse_phases
+
+log = logging.getLogger("loadctl.coordinator")
+
+MAX_AGENTS = 4096  # a flood of Hellos cannot grow the registry without bound
+
+
+class CoordinatorFailure(Exception):
+    """The run could not happen or complete; the message says why, in one line."""
+
+
+class Controller(Protocol):
+    """Something that steers a run interval by interval (capacity search, chaos)."""
+
+    async def on_interval(self, run: Coordinator, index: int) -> None: ...
+
+
+@dataclass
+class CoordinatorOptions:
+    bind: str = "tcp://127.0.0.1:5555"
+    agents: int = 1
+    wait_timeout: float = 60.0
+    heartbeat: float = 0.5
+    lost_after: float = 2.0  # silence after which an agent is declared lost (≤ 3 s)
+    deadman: float = 3.0
+    start_delay: float = 1.0
+    drain_timeout: float = 10.0
+    rebalance: bool = True
+    security: Any = None  # coordinator.security.ServerSecurity, or None for plaintext
+    controller: Controller | None = None
+    on_interval: Callable[[Coordinator, int], None] | None = None  # live view hook
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+
+@dataclass
+class RunEvent:
+    at: float  # coordinator clock
+    kind: str  # lost | joined | rebalanced | interrupted | plan-update | incomplete
+    agent: str = ""
+    detail: str = ""
+
+
+class Coordinator:
+    def __init__(self, scenario: Scenario, options: CoordinatorOptions) -> None:
+        self.scenario = scenario
+        self.options = options
+        self.run_id = options.run_id
+        self.registry = Registry()
+        self.timeline = Timeline()
+        self.events: list[RunEvent] = []
+        self.state = "waiting"  # waiting | running | draining | finished
+        self.status = "completed"  # completed | interrupted | failed
+        self.phases: tuple[Phase, ...] = scenario.phases
+        self.updates: list[PlanUpdate] = []
+        self.weights: list[int] = []
+        self.order: list[str] = []  # agent ids by share position
+        self.start_at = 0.0
+        self.ended_at = 0.0
+        self.engine_notes: set[str] = set()
+        self.agent_errors: list[str] = []
+        self._interrupt = False
+        self._last_beat = 0.0
+        self._drain_deadline = math.inf
+        self._reported_interval = -1
+        self.server: Server | None = None
+        self._handlers: dict[
+            type[Any], Callable[[AgentRecord | None, bytes, Any], Awaitable[None]]
+        ] = {
+            Hello: self._on_hello,
+            Ping: self._on_ping,
+            Ready: self._on_ready,
+            Started: self._on_started,
+            Snapshot: self._on_snapshot,
+            Heartbeat: self._on_heartbeat,
+            Done: self._on_done,
+            Error: self._on_error,
+            Bye: self._on_bye,
+        }
+
+    # -- public ---------------------------------------------------------------------------
+    @property
+    def interval(self) -> float:
+        return self.scenario.defaults.interval
+
+    @property
+    def endpoint(self) -> str:
+        return self.server.endpoint if self.server else self.options.bind
+
+    def interrupt(self) -> None:
+        """Ctrl-C: stop the agents, drain what they measured, finish as interrupted."""
+        self._interrupt = True
+
+    def run_time(self) -> float:
+        return time.time() - self.start_at if self.start_at else 0.0
+
+    def current_interval(self) -> int:
+        return max(0, math.floor(self.run_time() / self.interval))
+
+    @property
+    def expected_end(self) -> float:
+        return max((p.end for p in self.phases), default=0.0)
+
+    async def update_plan(
+        self,
+        at_interval: int,
+        phases: list[dict[str, Any]] | None = None,
+        end_interval: int | None = None,
+    ) -> None:
+        """Change the run from an interval boundary on (capacity steps, aborts)."""
+        if phases is not None:
+            names = [r.name for r in self.scenario.requests]
+            new = parse_phases(phases, ("phases",), names, self.scenario.scale)
+            cut = at_interval * self.interval
+            kept = tuple(p for p in self.phases if p.start < cut)
+            self.phases = kept + new
+            self._cut_phases(cut)
+        if end_interval is not None:
+            self._cut_phases(end_interval * self.interval)
+        update = PlanUpdate(
+            self.run_id,
+            at_interval,
+            None,
+            tuple(phases) if phases is not None else None,
+            end_interval,
+        )
+        self.updates.append(update)
+        self.events.append(RunEvent(time.time(), "plan-update", "", f"from interval {at_interval}"))
+        for agent in self._planned_alive():
+            await self._send(agent, update)
+
+    def _cut_phases(self, at: float) -> None:
+        from dataclasses import replace
+
+        self.phases = tuple(
+            replace(p, duration=max(0.0, min(p.duration, at - p.start))) if p.end > at else p
+            for p in self.phases
+        )
+
+    async def run(self) -> None:
+        ctx = zmq.asyncio.Context()
+        security = self.options.security
+        if security is not None and hasattr(security, "start"):
+            security.start(ctx)  # the ZAP authenticator must run before bind
+        try:
+            self.server = Server(ctx, self.options.bind, security)
+            log.info(
+                "coordinator %s listening on %s, waiting for %d agent(s)",
+                self.run_id,
+                self.server.endpoint,
+                self.options.agents,
+            )
+            self._wait_deadline = time.monotonic() + self.options.wait_timeout
+            while self.state != "finished":
+                got = await self.server.receive(0.05)
+                if got is not None:
+                    identity, message = got
+                    agent = self.registry.by_identity(identity)
+                    if agent is not None:
+                        agent.saw()
+                    await self._handlers[type(message)](agent, identity, message) if type(
+                        message
+                    ) in self._handlers else self._unexpected(identity, message)
+                await self._tick()
+            for agent in self.registry.alive():
+                await self._send(agent, Bye("run finished"))
+            await asyncio.sleep(0.05)  # let the Byes leave before the socket closes
+        finally:
+            if self.server is not None:
+                self.server.close()
+            if security is not None and hasattr(security, "stop"):
+                security.stop()
+            ctx.term()
+
+    # -- clock-driven duties --------------------------------------------------------------
+    async def _tick(self) -> None:
+        now = time.monotonic()
+        if now - self._last_beat >= self.options.heartbeat:
+            self._last_beat = now
+            for agent in self.registry.alive():
+                await self._send(agent, Heartbeat(self.state, 0.0, 0, 0, time.time()))
+        if self.state == "waiting":
+            await self._tick_waiting(now)
+        elif self.state in ("running", "draining"):
+            await self._tick_running(now)
+
+    async def _tick_waiting(self, now: float) -> None:
+        if self._interrupt:
+            self.status = "interrupted"
+            self.state = "finished"
+            return
+        ready = self.registry.ready()
+        if len(ready) >= self.options.agents:
+            await self._start(ready[: self.options.agents])
+        elif now > self._wait_deadline:
+            names = ", ".join(a.agent_id for a in ready) or "none"
+            raise CoordinatorFailure(
+                f"waited {self.options.wait_timeout:g} s for {self.options.agents} agent(s) at "
+                f"{self.endpoint}, {len(ready)} ready ({names}): start the missing ones with "
+                f"`loadctl agent --coordinator {self.endpoint}` or lower --agents"
+            )
+
+    async def _tick_running(self, now: float) -> None:
+        for agent in self._planned_alive():
+            if not agent.complete() and agent.silence() > self.options.lost_after:
+                await self._lost(agent)
+        if self._interrupt and self.state == "running":
+            self.status = "interrupted"
+            self.events.append(RunEvent(time.time(), "interrupted"))
+            for agent in self._planned_alive():
+                await self._send(agent, Stop(self.run_id, "interrupted by the user"))
+            self._begin_drain()
+        due = math.floor((self.run_time() - 0.5 * self.interval) / self.interval) - 1
+        while self._reported_interval < due and self.state == "running":
+            self._reported_interval += 1
+            if self.options.controller is not None:
+                await self.options.controller.on_interval(self, self._reported_interval)
+            if self.options.on_interval is not None:
+                self.options.on_interval(self, self._reported_interval)
+        planned = self._planned_alive()
+        if planned and all(a.complete() for a in planned):
+            self._finish()
+        elif not planned and self.registry.planned():
+            self.status = "failed"
+            self.agent_errors.append("every agent was lost")
+            self._finish()
+        elif (
+            self.state == "running"
+            and self.run_time() > self.expected_end + self.scenario.defaults.timeout + 2.0
+        ):
+            self._begin_drain()
+        elif self.state == "draining" and now > self._drain_deadline:
+            self._finish()
+
+    def _begin_drain(self) -> None:
+        if self.state == "running":
+            self.state = "draining"
+            self._drain_deadline = time.monotonic() + self.options.drain_timeout
+
+    def _finish(self) -> None:
+        self.state = "finished"
+        self.ended_at = time.time()
+        for agent in self.registry.planned():
+            if not agent.complete():
+                missing = agent.missing_seqs()
+                detail = (
+                    f"snapshots {missing[:10]} never arrived"
+                    if missing
+                    else "did not report the end of its run"
+                )
+                self.events.append(RunEvent(time.time(), "incomplete", agent.agent_id, detail))
+
+    async def _start(self, agents: list[AgentRecord]) -> None:
+        agents.sort(key=lambda a: a.agent_id)
+        self.order = [a.agent_id for a in agents]
+        self.weights = [1] * len(agents)
+        max_rtt = max(a.clock_rtt for a in agents)
+        self.start_at = time.time() + max(self.options.start_delay, 3 * max_rtt)
+        for i, agent in enumerate(agents):
+            await self._plan(agent, Share(0, tuple(self.weights), i))
+        self.state = "running"
+        log.info("run %s starts with %d agent(s)", self.run_id, len(agents))
+
+    async def _plan(self, agent: AgentRecord, share: Share) -> None:
+        agent.planned = True
+        await self._send(
+            agent, Plan(self.run_id, self.scenario.wire(), share, self.start_at, self.interval)
+        )
+
+    async def _reshare(self, reason: str, agent_id: str) -> int:
+        at = self.current_interval() + 2
+        for position, other_id in enumerate(self.order):
+            other = self.registry.get(other_id)
+            if other is not None and other.alive and other.planned:
+                await self._send(
+                    other, PlanUpdate(self.run_id, at, Share(at, tuple(self.weights), position))
+                )
+        self.events.append(
+            RunEvent(
+                time.time(), "rebalanced", agent_id, f"{reason}; new shares from interval {at}"
+            )
+        )
+        return at
+
+    async def _lost(self, agent: AgentRecord) -> None:
+        agent.lost_at = time.time()
+        self.events.append(
+            RunEvent(agent.lost_at, "lost", agent.agent_id, f"silent for {agent.silence():.1f} s")
+        )
+        log.warning("agent %s lost (silent for %.1f s)", agent.agent_id, agent.silence())
+        if self.options.rebalance and self.state == "running" and agent.agent_id in self.order:
+            self.weights[self.order.index(agent.agent_id)] = 0
+            if any(self.weights):
+                await self._reshare("agent lost", agent.agent_id)
+
+    async def _join(self, agent: AgentRecord) -> None:
+        """An agent that arrives (or returns) mid-run gets a share from a coming boundary."""
+        if agent.agent_id in self.order:
+            self.weights[self.order.index(agent.agent_id)] = 1
+        else:
+            self.order.append(agent.agent_id)
+            self.weights.append(1)
+        agent.joined_at = time.time()
+        agent.lost_at = None
+        at = await self._reshare("agent joined", agent.agent_id)
+        position = self.order.index(agent.agent_id)
+        await self._plan(agent, Share(at, tuple(self.weights), position))
+        for update in self.updates:
+            await self._send(agent, update)
+        self.events.append(RunEvent(time.time(), "joined", agent.agent_id, f"from interval {at}"))
+
+    def _planned_alive(self) -> list[AgentRecord]:
+        return [a for a in self.registry.planned() if a.alive]
+
+    async def _send(self, agent: AgentRecord, message: Message) -> None:
+        assert self.server is not None
+        await self.server.send(agent.identity, message)
+
+    # -- handlers -------------------------------------------------------------------------
+    async def _unexpected(self, identity: bytes, message: Message) -> None:
+        assert self.server is not None
+        self.server.reject("unexpected", identity, type(message).__name__)
+
+    async def _on_hello(self, agent: AgentRecord | None, identity: bytes, hello: Hello) -> None:
+        assert self.server is not None
+        if identity.decode("utf-8", "replace") != hello.agent_id:
+            self.server.reject("identity", identity, f"Hello claims to be {hello.agent_id!r}")
+            return
+        if agent is None:
+            if len(self.registry) >= MAX_AGENTS:
+                self.server.reject("hello-flood", identity, "too many agents")
+                return
+            agent = AgentRecord(hello.agent_id, identity, hello)
+            self.registry.add(agent)
+            log.info("agent %s (%s, pid %d) connected", hello.agent_id, hello.host, hello.pid)
+        agent.saw()
+        await self.server.send(
+            identity, Welcome(self.run_id, self.options.heartbeat, self.options.deadman)
+        )
+
+    async def _on_ping(self, agent: AgentRecord | None, identity: bytes, ping: Ping) -> None:
+        assert self.server is not None
+        if agent is not None:
+            await self.server.send(identity, Pong(ping.seq, ping.sent, time.time()))
+
+    async def _on_ready(self, agent: AgentRecord | None, identity: bytes, ready: Ready) -> None:
+        if agent is None:
+            return
+        agent.clock_offset, agent.clock_rtt = ready.clock_offset, ready.clock_rtt
+        was_ready = agent.ready
+        agent.ready = True
+        if (
+            self.state == "running"
+            and (not was_ready or not agent.alive or agent.planned)
+            and self.run_time() < self.expected_end - self.interval
+        ):
+            await self._join(agent)
+
+    async def _on_started(
+        self, agent: AgentRecord | None, identity: bytes, started: Started
+    ) -> None:
+        if agent is not None and started.run_id == self.run_id:
+            agent.started_at = started.started_at
+
+    async def _on_snapshot(
+        self, agent: AgentRecord | None, identity: bytes, snapshot: Snapshot
+    ) -> None:
+        assert self.server is not None
+        if agent is None or snapshot.agent_id != agent.agent_id:
+            self.server.reject("unknown-agent", identity, "snapshot from an unknown agent")
+            return
+        await self.server.send(identity, Ack(snapshot.run_id, (snapshot.seq,)))
+        if snapshot.run_id != self.run_id:
+            self.server.reject("unknown-run", identity, f"snapshot for run {snapshot.run_id!r}")
+            return
+        try:
+            self.timeline.add(snapshot)
+        except ValueError as error:
+            self.server.reject("bad-snapshot", identity, str(error))
+            return
+        agent.seqs.add(snapshot.seq)
+        agent.note_resources(snapshot.cpu_percent, snapshot.rss_bytes)
+
+    async def _on_heartbeat(
+        self, agent: AgentRecord | None, identity: bytes, beat: Heartbeat
+    ) -> None:
+        if agent is not None:
+            agent.note_resources(beat.cpu_percent, beat.rss_bytes)
+            agent.in_flight = beat.in_flight
+            agent.state = beat.state
+
+    async def _on_done(self, agent: AgentRecord | None, identity: bytes, done: Done) -> None:
+        if agent is not None and done.run_id == self.run_id:
+            agent.done_seq = done.last_seq
+            if done.send_lag_note:
+                self.engine_notes.add(done.send_lag_note)
+
+    async def _on_error(self, agent: AgentRecord | None, identity: bytes, error: Error) -> None:
+        name = agent.agent_id if agent else repr(identity[:40])
+        self.agent_errors.append(f"{name}: {error.code}: {error.message}")
+        log.error("agent %s reported %s: %s", name, error.code, error.message)
+
+    async def _on_bye(self, agent: AgentRecord | None, identity: bytes, bye: Bye) -> None:
+        if agent is not None and agent.alive:
+            await self._lost(agent)

@@ -1,0 +1,110 @@
+"""The coordinator's socket: one ROUTER, and a wall against hostile input.
+
+Every frame is decoded inside one `try`; anything that is not a valid
+message of our protocol version is counted by kind, logged at a limited rate,
+and dropped. A frame of the wrong version gets an Error reply so the agent
+can say why it was refused. ZeroMQ's own MAXMSGSIZE drops oversize frames
+before they are even read into memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+
+import zmq
+import zmq.asyncio
+from loadctl.protocol.codec import MAX_FRAME_BYTES, ProtocolError, VersionMismatch, decode, encode
+from loadctl.protocol.messages import PROTOCOL_VERSION, Error, Message
+
+log = logging.getLogger("loadctl.coordinator")
+
+
+class RateLimitedLog:
+    """At most `burst` lines per kind, then one line every `every` seconds with a count."""
+
+    def __init__(self, burst: int = 5, every: float = 10.0) -> None:
+        self.burst = burst
+        self.every = every
+        self._count: Counter[str] = Counter()
+        self._last: dict[str, float] = {}
+
+    def warn(self, kind: str, message: str, *args: object) -> None:
+        self._count[kind] += 1
+        n = self._count[kind]
+        now = time.monotonic()
+        if n <= self.burst or now - self._last.get(kind, 0.0) >= self.every:
+            self._last[kind] = now
+            suffix = f" ({n} so far)" if n > self.burst else ""
+            log.warning(message + suffix, *args)
+
+
+class Server:
+    def __init__(self, ctx: zmq.asyncio.Context, bind: str, security: object = None) -> None:
+        self.socket = ctx.socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
+        self.socket.setsockopt(zmq.SNDHWM, 100000)
+        self.socket.setsockopt(zmq.RCVHWM, 100000)
+        self.socket.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        self.socket.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+        self.socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
+        apply = getattr(security, "apply", None)
+        if callable(apply):
+            apply(self.socket)
+        self.socket.bind(bind)
+        self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.rejected: Counter[str] = Counter()
+        self.limited = RateLimitedLog()
+
+    async def receive(self, timeout: float) -> tuple[bytes, Message] | None:
+        """The next valid (identity, message), or None when `timeout` passes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not await self.socket.poll(remaining * 1000):
+                return None
+            frames = await self.socket.recv_multipart()
+            if len(frames) != 2:
+                self.reject(
+                    "frames", frames[0] if frames else b"?", f"{len(frames)} frames instead of 2"
+                )
+                continue
+            identity, data = frames
+            try:
+                return identity, decode(data)
+            except VersionMismatch as error:
+                self.reject("version", identity, str(error))
+                await self.send(
+                    identity,
+                    Error(
+                        "version",
+                        (
+                            f"this coordinator speaks protocol {PROTOCOL_VERSION}, the agent "
+                            f"{error.version!r}: install the same loadctl version everywhere"
+                        ),
+                    ),
+                )
+            except ProtocolError as error:
+                self.reject(type(error).__name__, identity, str(error))
+
+    def reject(self, kind: str, identity: bytes, detail: str) -> None:
+        self.rejected[kind] += 1
+        self.limited.warn(
+            kind, "dropped a frame from %r: %s: %s", identity[:40], kind, detail[:200]
+        )
+
+    async def send(self, identity: bytes, message: Message) -> None:
+        try:
+            await self.socket.send_multipart([identity, encode(message)], flags=zmq.NOBLOCK)
+        except zmq.Again:
+            self.limited.warn(
+                "send",
+                "could not send %s to %r (queue full)",
+                type(message).__name__,
+                identity[:40],
+            )
+
+    def close(self) -> None:
+        self.socket.close(linger=0)

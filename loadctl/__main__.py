@@ -1,0 +1,3 @@
+from loadctl.cli import main
+
+main()
