@@ -14,7 +14,9 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 # Outcome classes, in report order. "dropped" is decided by the scheduler (an
-# arrival that could not start), never by an engine.
+# arrival that could not start), never by an engine; "cancelled" is a request
+# that was sent but abandoned when the run was stopped (the target may have
+# seen it, so it is counted, though it is nobody's error).
 OUTCOMES: tuple[str, ...] = (
     "2xx",
     "3xx",
@@ -23,6 +25,7 @@ OUTCOMES: tuple[str, ...] = (
     "timeout",
     "connect_error",
     "error",
+    "cancelled",
     "dropped",
 )
 

@@ -66,6 +66,7 @@ class Runner:
         self.phases: list[PhaseState] = []
         self.end_at = math.inf  # run time; a plan update may bring it forward
         self.aborted = False
+        self._abort_drain = 0.0
         self.changed = asyncio.Event()  # set on every plan update
         # perf_counter at run time zero
         self.t0 = time.perf_counter() + (plan.start_at - clock.to_coordinator(time.time()))
@@ -107,8 +108,8 @@ class Runner:
             for p in self.phases:  # surface a bug in a phase loop instead of hiding it
                 if p.task and p.task.done() and not p.task.cancelled() and p.task.exception():
                     raise p.task.exception()  # type: ignore[misc]
-            if not self.aborted:
-                await self.sender.drain(self.scenario.defaults.timeout + 1.0)
+            in_flight_grace = self._abort_drain if self.aborted else self.scenario.defaults.timeout
+            await self.sender.drain(in_flight_grace + 0.5)
         finally:
             ticker.cancel()
             await asyncio.gather(ticker, return_exceptions=True)
@@ -138,15 +139,19 @@ class Runner:
                 p.stop_at = min(p.stop_at, self.end_at)
         self.changed.set()
 
-    def abort(self) -> None:
-        """Stop all load now (dead-man switch, Stop): cancel phases and in-flight requests."""
+    def abort(self, drain: float = 0.0) -> None:
+        """Stop sending now. In-flight requests may finish for `drain` seconds (a Stop
+        from the coordinator); the dead-man switch passes 0 and cuts them off at once.
+        Either way they are recorded, so the target's count and ours agree."""
         self.aborted = True
+        self._abort_drain = drain
         for p in self.phases:
             if p.task:
                 p.task.cancel()
             for t in p.users.values():
                 t.cancel()
-        self.sender.cancel_all()
+        if drain <= 0:
+            self.sender.cancel_all()
         self.changed.set()
 
     async def close(self) -> None:

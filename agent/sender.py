@@ -43,6 +43,8 @@ class Sender:
             outcome = error.outcome
         except asyncio.CancelledError:
             self.in_flight -= 1
+            self.recorder.series(phase, name).completed("cancelled", intended, sent,
+                                                        time.perf_counter(), 0)
             raise
         except Exception:
             outcome = "error"
@@ -60,12 +62,14 @@ class Sender:
         request: HttpRequest,
         intended: float,
         timeout: float | None = None,
-    ) -> None:
+    ) -> asyncio.Task[Reply | None]:
+        """Send in its own task: a stop can then let it finish instead of cutting it off."""
         task = asyncio.get_running_loop().create_task(
             self.send(client, phase, name, request, intended, timeout)
         )
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        return task
 
     async def drain(self, timeout: float) -> int:
         """Wait for in-flight requests; cancel what is left after `timeout`."""

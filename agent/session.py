@@ -55,6 +55,7 @@ log = logging.getLogger("loadctl.agent")
 EXIT_OK = 0
 EXIT_FAILED = 3  # could not reach, or lost, the coordinator
 EXIT_INTERRUPTED = 130
+STOP_DRAIN = 2.0  # seconds in-flight requests may finish after a Stop
 
 
 class AgentFailure(Exception):
@@ -310,7 +311,8 @@ class AgentSession:
     async def _on_stop(self, stop: Stop) -> None:
         log.info("coordinator asked to stop: %s", stop.reason)
         if self.runner is not None and self.runner.plan.run_id == stop.run_id:
-            self.runner.abort()  # _run_plan then cuts the last interval and says Done
+            # _run_plan then drains, cuts the last interval and says Done
+            self.runner.abort(drain=STOP_DRAIN)
 
     async def _on_bye(self, bye: Bye) -> None:
         self.finished = True

@@ -99,13 +99,16 @@ async def _user_loop(runner: Runner, state: PhaseState, mix: Mix, user: _User) -
             specs = mix.specs if phase.flow == "sequence" else [mix.pick(user.index + iteration)]
             for spec in specs:
                 runner.recorder.series(phase.name, spec.name).arrivals += 1
-                await runner.sender.send(
-                    client,
-                    phase.name,
-                    spec.name,
-                    runner.requests[spec.name],
-                    time.perf_counter(),
-                    spec.timeout,
+                # shielded: stopping a user lets its request finish (or be recorded)
+                await asyncio.shield(
+                    runner.sender.spawn(
+                        client,
+                        phase.name,
+                        spec.name,
+                        runner.requests[spec.name],
+                        time.perf_counter(),
+                        spec.timeout,
+                    )
                 )
                 pause = think_seconds(phase.think, rng)
                 if pause > 0:

@@ -30,6 +30,8 @@ class AgentRecord:
     max_rss_bytes: int = 0
     in_flight: int = 0
     state: str = "idle"
+    arrivals: int = 0  # this run's arrivals and completed requests, from its snapshots
+    requests: int = 0
 
     @property
     def alive(self) -> bool:

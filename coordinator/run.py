@@ -426,6 +426,9 @@ class Coordinator:
             self.server.reject("bad-snapshot", identity, str(error))
             return
         agent.seqs.add(snapshot.seq)
+        agent.arrivals += sum(s.arrivals for s in snapshot.series)
+        agent.requests += sum(n for s in snapshot.series for k, n in s.outcomes.items()
+                              if k != "dropped")
         agent.note_resources(snapshot.cpu_percent, snapshot.rss_bytes)
 
     async def _on_heartbeat(

@@ -9,6 +9,7 @@ mistake is a typo that would otherwise be silently ignored.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -43,6 +44,8 @@ def parse_duration(value: Any, path: Path = ()) -> float:
         raise ScenarioError(path, f"expected a duration like 5s or 250ms, got {value!r}")
     if isinstance(value, int | float):
         seconds = float(value)
+        if not math.isfinite(seconds):
+            raise ScenarioError(path, f"expected a duration like 5s or 250ms, got {value!r}")
     elif isinstance(value, str) and (m := _DURATION.match(value)):
         seconds = float(m.group(1)) * _UNITS[m.group(2)]
     else:
@@ -79,6 +82,12 @@ class Fields:
         if key in self.data:
             return self.data[key]
         if default is REQUIRED:
+            # A typo of a required key reads better as the typo than as a missing key.
+            strangers = [k for k in self.data if isinstance(k, str) and k not in self._seen]
+            close = difflib.get_close_matches(key, strangers, n=1, cutoff=0.75)
+            if close:
+                raise ScenarioError(self.at(close[0]),
+                                    f"unknown key '{close[0]}': did you mean '{key}'?")
             raise ScenarioError(self.at(key), f"missing required key '{key}'")
         return default
 
@@ -105,6 +114,8 @@ class Fields:
             return value
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ScenarioError(self.at(key), f"expected a number, got {_kind(value)}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ScenarioError(self.at(key), f"expected a finite number, got {value!r}")
         if integer and not float(value).is_integer():
             raise ScenarioError(self.at(key), f"expected a whole number, got {value!r}")
         if value < minimum or (above and value == minimum):

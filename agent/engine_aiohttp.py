@@ -1,0 +1,205 @@
+"""The aiohttp engine: full-featured (cookies, redirects), slower per request.
+
+One `aiohttp.ClientSession` with one keep-alive `TCPConnector` pool of at
+most `max_connections` connections. It is the engine for scenarios that need
+cookies or redirects (see `engines.choose_engine`); the fast engine covers
+the rest at a fraction of the CPU per request.
+
+To send the same bytes as the fast engine, it adds no `Accept-Encoding`
+header and does not decode compressed bodies (a request that sets
+`Accept-Encoding` gets the body as the server sent it).
+
+Reply accounting: aiohttp does not expose the bytes read from the socket, so
+`bytes_in` is rebuilt from the reply: status line, raw headers, blank line
+and the body bytes (chunk framing, if any, is not counted; for a reply with
+a Content-Length this equals the wire bytes, as the fast engine counts them).
+Replies of followed redirects add their heads.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Final
+
+import aiohttp
+from loadctl.agent.http import (
+    ConnectFailed,
+    HttpRequest,
+    Reply,
+    RequestTimeout,
+    SendError,
+)
+from multidict import CIMultiDict
+from yarl import URL
+
+from loadctl import __version__
+
+USER_AGENT: Final = f"loadctl/{__version__}"
+_PREPARED_MAX: Final = 4096  # cached per-request objects per client; cleared when full
+_TIMEOUTS_MAX: Final = 256
+_BIG_BODY: Final = 64 * 1024
+
+# No response yet: the request never reached a server able to answer it.
+_NO_REPLY_ERRORS: Final = (
+    aiohttp.ClientConnectorError,  # refused, DNS, TLS handshake and certificates
+    aiohttp.ServerDisconnectedError,  # accepted, then closed without a reply
+    aiohttp.ClientOSError,  # reset before the reply
+)
+
+
+class _Prepared:
+    __slots__ = ("data", "headers", "method", "redirects", "request", "url", "want_body")
+
+    def __init__(self, request: HttpRequest) -> None:
+        self.request = request
+        self.method = request.method.upper()
+        try:
+            self.url = URL(request.url, encoded=request.path.isascii() and " " not in request.path)
+        except ValueError as exc:
+            raise SendError(f"invalid URL {request.url!r}: {exc}") from None
+        headers: CIMultiDict[str] = CIMultiDict(request.headers)
+        headers.popall("Content-Length", None)
+        headers.popall("Transfer-Encoding", None)
+        self.headers = headers
+        self.data = (
+            request.body if request.body or self.method in ("POST", "PUT", "PATCH") else None
+        )
+        self.want_body = request.want_body
+        self.redirects = request.follow_redirects
+
+
+def _head_size(resp: aiohttp.ClientResponse) -> int:
+    # "HTTP/1.1 200 OK\r\n" + "name: value\r\n" per header + "\r\n"
+    size = 15 + len(resp.reason or "") + 2
+    for name, value in resp.raw_headers:
+        size += len(name) + len(value) + 4
+    return size
+
+
+class AiohttpClient:
+    """`HttpClient` on aiohttp.
+
+    `cookies=True` gives this client its own cookie jar (one client per
+    virtual user gives each user its own session cookies); it accepts cookies
+    from IP-address hosts such as 127.0.0.1. `ssl_context` is used for https
+    (default: the system's verifying context). The session is opened in the
+    running loop at the first `send`.
+    """
+
+    def __init__(
+        self,
+        max_connections: int,
+        *,
+        cookies: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        self._max = max_connections
+        self._cookies = cookies
+        self._ssl_context = ssl_context
+        self._session: aiohttp.ClientSession | None = None
+        self._prepared: dict[int, _Prepared] = {}
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
+        self._closed = False
+
+    @property
+    def cookie_jar(self) -> aiohttp.abc.AbstractCookieJar | None:
+        """The client's cookie jar (None before the first send or without cookies)."""
+        if self._session is None or not self._cookies:
+            return None
+        return self._session.cookie_jar
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise SendError("the HTTP client is closed")
+        connector = aiohttp.TCPConnector(
+            limit=self._max,
+            limit_per_host=0,
+            ssl=self._ssl_context if self._ssl_context is not None else True,
+        )
+        jar: aiohttp.abc.AbstractCookieJar = (
+            aiohttp.CookieJar(unsafe=True) if self._cookies else aiohttp.DummyCookieJar()
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            cookie_jar=jar,
+            headers={"User-Agent": USER_AGENT},
+            skip_auto_headers=("Accept-Encoding",),
+            auto_decompress=False,
+            timeout=aiohttp.ClientTimeout(total=None),
+            trust_env=False,
+        )
+        return self._session
+
+    def _timeout(self, seconds: float) -> aiohttp.ClientTimeout:
+        timeout = self._timeouts.get(seconds)
+        if timeout is None:
+            if len(self._timeouts) >= _TIMEOUTS_MAX:
+                self._timeouts.clear()
+            timeout = self._timeouts[seconds] = aiohttp.ClientTimeout(
+                total=seconds if seconds < float("inf") else None
+            )
+        return timeout
+
+    async def send(self, request: HttpRequest, timeout: float) -> Reply:
+        prepared = self._prepared.get(id(request))
+        if prepared is None or prepared.request is not request:
+            prepared = _Prepared(request)
+            if len(request.body) <= _BIG_BODY:  # a cache of big bodies would hold on to them
+                if len(self._prepared) >= _PREPARED_MAX:
+                    self._prepared.clear()
+                self._prepared[id(request)] = prepared
+        session = self._session
+        if session is None:
+            session = self._open()
+        elif self._closed:
+            raise SendError("the HTTP client is closed")
+        try:
+            resp = await session.request(
+                prepared.method,
+                prepared.url,
+                headers=prepared.headers,
+                data=prepared.data,
+                allow_redirects=prepared.redirects,
+                timeout=self._timeout(timeout),
+            )
+        except TimeoutError:
+            raise RequestTimeout("no reply within the timeout") from None
+        except _NO_REPLY_ERRORS as exc:
+            raise ConnectFailed(_describe(exc)) from None
+        except (aiohttp.ClientError, ValueError) as exc:
+            raise SendError(_describe(exc)) from None
+        try:
+            if prepared.want_body:
+                body = await resp.read()
+                nbytes = len(body)
+                reply = Reply(resp.status, 0, list(resp.headers.items()), body)
+            else:
+                nbytes = 0
+                content = resp.content
+                while chunk := await content.readany():
+                    nbytes += len(chunk)
+                reply = Reply(resp.status, 0)
+        except TimeoutError:
+            raise RequestTimeout("the reply did not complete within the timeout") from None
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            raise SendError(f"reply cut short: {_describe(exc)}") from None
+        finally:
+            resp.release()
+        nbytes += _head_size(resp)
+        for earlier in resp.history:
+            nbytes += _head_size(earlier)
+        reply.bytes_in = nbytes
+        return reply
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
