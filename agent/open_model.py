@@ -34,13 +34,14 @@ async def run_open_phase(runner: Runner, state: PhaseState) -> None:
     def first_item_at(run_time: float) -> int:
         return min(total, curve.first_at_or_after(run_time - phase.start))
 
-    k = runner.shares.next_owned(0, first_item_at)
+    cursor = runner.shares.cursor(first_item_at)
+    k = cursor.next_owned(0)
     while True:
         if k is None:  # nothing of this phase is ours now; a plan update may change that
             if runner.run_time() >= state.stop_at or runner.aborted:
                 return
             await asyncio.sleep(runner.interval / 4)
-            k = runner.shares.next_owned(first_item_at(runner.run_time()), first_item_at)
+            k = cursor.next_owned(first_item_at(runner.run_time()))
             continue
         if k >= total:
             return
@@ -49,17 +50,16 @@ async def run_open_phase(runner: Runner, state: PhaseState) -> None:
             return
         intended = runner.t0 + due
         await wait_until(intended)
-        owner_check = runner.shares.next_owned(k, first_item_at)
+        owner_check = cursor.next_owned(k)
         if owner_check != k:  # the share changed while we waited
             k = owner_check
             continue
         spec = mix.pick(k)
-        series = recorder.series(phase.name, spec.name)
-        series.arrivals += 1
+        series = recorder.arrival(phase.name, spec.name, int(due // runner.interval))
         if sender.in_flight >= limit:
             series.count("dropped")
         else:
             sender.spawn(
                 client, phase.name, spec.name, runner.requests[spec.name], intended, spec.timeout
             )
-        k = runner.shares.next_owned(k + 1, first_item_at)
+        k = cursor.next_owned(k + 1)

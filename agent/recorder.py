@@ -82,10 +82,27 @@ def _histogram(seconds: list[float]) -> Histogram:
 
 
 class Recorder:
-    """The current interval's buffers; `cut` hands them over and starts anew."""
+    """The current interval's buffers; `cut` hands them over and starts anew.
+
+    An interval is cut a little after its end, so an arrival due in the *next*
+    interval can be sent before the cut; it is parked in `_early` and counted
+    in its own interval, which keeps per-interval arrival counts exact.
+    """
 
     def __init__(self) -> None:
         self._buffers: dict[tuple[str, str], SeriesBuffer] = {}
+        self.index = 0  # the interval the buffers are accumulating
+        self._early: dict[tuple[int, str, str], int] = {}
+
+    def arrival(self, phase: str, name: str, interval: int) -> SeriesBuffer:
+        """Count an arrival due in `interval`; returns the series' current buffer."""
+        buffer = self.series(phase, name)
+        if interval <= self.index:
+            buffer.arrivals += 1
+        else:
+            key = (interval, phase, name)
+            self._early[key] = self._early.get(key, 0) + 1
+        return buffer
 
     def series(self, phase: str, name: str) -> SeriesBuffer:
         key = (phase, name)
@@ -99,4 +116,7 @@ class Recorder:
         # Keep the keys alive for the next interval so hot-path lookups hit.
         for key in buffers:
             self._buffers[key] = SeriesBuffer(*key)
+        self.index += 1
+        for early in [k for k in self._early if k[0] <= self.index]:
+            self.series(early[1], early[2]).arrivals += self._early.pop(early)
         return tuple(b.to_series() for b in buffers.values() if not b.is_empty)

@@ -71,10 +71,14 @@ class Runner:
         # perf_counter at run time zero
         self.t0 = time.perf_counter() + (plan.start_at - clock.to_coordinator(time.time()))
         self._next_cut = 0
+        self.users_at_cut = 0
 
     # -- clocks ---------------------------------------------------------------------------
     def run_time(self) -> float:
         return time.perf_counter() - self.t0
+
+    def current_interval(self) -> int:
+        return max(0, math.floor(self.run_time() / self.interval))
 
     def coordinator_time(self, run_time: float) -> float:
         return self.plan.start_at + run_time
@@ -169,10 +173,15 @@ class Runner:
         from loadctl.agent.pacer import wait_until
 
         while True:
-            await wait_until(self.t0 + (self._next_cut + 1) * self.interval + _CUT_DELAY)
+            boundary = self.t0 + (self._next_cut + 1) * self.interval
+            await wait_until(boundary)
+            self.users_at_cut = self.active_users  # the gauge reads the boundary's value
+            await wait_until(boundary + _CUT_DELAY)
             await self._cut(final=False)
 
     async def _cut(self, final: bool) -> None:
+        if final:
+            self.users_at_cut = self.active_users
         index = self._next_cut  # the final cut takes whatever the pending interval holds
         self._next_cut = index + 1
         start = self.coordinator_time(index * self.interval)

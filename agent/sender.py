@@ -43,8 +43,9 @@ class Sender:
             outcome = error.outcome
         except asyncio.CancelledError:
             self.in_flight -= 1
-            self.recorder.series(phase, name).completed("cancelled", intended, sent,
-                                                        time.perf_counter(), 0)
+            self.recorder.series(phase, name).completed(
+                "cancelled", intended, sent, time.perf_counter(), 0
+            )
             raise
         except Exception:
             outcome = "error"

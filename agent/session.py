@@ -294,7 +294,7 @@ class AgentSession:
             start=start,
             end=end,
             series=series,
-            active_users=runner.active_users,
+            active_users=runner.users_at_cut,
             in_flight=runner.sender.in_flight,
             cpu_percent=self.process.cpu_percent(None),
             rss_bytes=self.process.memory_info().rss,

@@ -98,7 +98,7 @@ async def _user_loop(runner: Runner, state: PhaseState, mix: Mix, user: _User) -
         while not user.stopping:
             specs = mix.specs if phase.flow == "sequence" else [mix.pick(user.index + iteration)]
             for spec in specs:
-                runner.recorder.series(phase.name, spec.name).arrivals += 1
+                runner.recorder.arrival(phase.name, spec.name, runner.current_interval())
                 # shielded: stopping a user lets its request finish (or be recorded)
                 await asyncio.shield(
                     runner.sender.spawn(

@@ -34,13 +34,25 @@ class ClusterRun:
 
     def series_total(self, phase: str | None = None, name: str | None = None) -> int:
         """Completed requests over the timeline, filtered by phase and name."""
-        return sum(s["requests"] for row in self.data["timeline"] for s in row["series"]
-                   if (phase is None or s["phase"] == phase) and (name is None or s["name"] == name))
+        return sum(
+            s["requests"]
+            for row in self.data["timeline"]
+            for s in row["series"]
+            if (phase is None or s["phase"] == phase) and (name is None or s["name"] == name)
+        )
 
 
-def loadctl(*args: str, timeout: float = 120.0, cwd: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*LOADCTL, *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=cwd, stdin=subprocess.DEVNULL)
+def loadctl(
+    *args: str, timeout: float = 120.0, cwd: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*LOADCTL, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def write_scenario(scenario: dict[str, Any], directory: Path) -> Path:
@@ -49,13 +61,23 @@ def write_scenario(scenario: dict[str, Any], directory: Path) -> Path:
     return path
 
 
-def run_scenario(scenario: dict[str, Any], agents: int = 2, timeout: float = 120.0,
-                 extra: tuple[str, ...] = ()) -> ClusterRun:
+def run_scenario(
+    scenario: dict[str, Any], agents: int = 2, timeout: float = 120.0, extra: tuple[str, ...] = ()
+) -> ClusterRun:
     directory = Path(tempfile.mkdtemp(prefix="loadctl-test-"))
     path = write_scenario(scenario, directory)
     out = directory / "out"
-    proc = loadctl("run", str(path), "--agents", str(agents), "--out", str(out), "--quiet",
-                   *extra, timeout=timeout)
+    proc = loadctl(
+        "run",
+        str(path),
+        "--agents",
+        str(agents),
+        "--out",
+        str(out),
+        "--quiet",
+        *extra,
+        timeout=timeout,
+    )
     result_file = out / "result.json"
     data = json.loads(result_file.read_text()) if result_file.exists() else {}
     return ClusterRun(proc.returncode, data, proc.stdout, proc.stderr, out)

@@ -45,12 +45,31 @@ def test_exact_counts_over_tcp_with_two_agents() -> None:
         endpoint = f"tcp://127.0.0.1:{free_port()}"
         out = Path(tmp) / "out"
         coordinator = subprocess.Popen(
-            [*LOADCTL, "coordinator", str(path), "--agents", "2", "--bind", endpoint,
-             "--out", str(out), "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True)
-        agents = [subprocess.Popen([*LOADCTL, "agent", "--coordinator", endpoint],
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                  for _ in range(2)]
+            [
+                *LOADCTL,
+                "coordinator",
+                str(path),
+                "--agents",
+                "2",
+                "--bind",
+                endpoint,
+                "--out",
+                str(out),
+                "--quiet",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        agents = [
+            subprocess.Popen(
+                [*LOADCTL, "agent", "--coordinator", endpoint],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
         try:
             stdout, stderr = coordinator.communicate(timeout=60)
             agent_codes = [a.wait(20) for a in agents]
@@ -104,8 +123,10 @@ def test_stall_shows_in_latency_not_necessarily_in_service_time() -> None:
 
 def test_bad_scenario_is_one_line_and_exit_2(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
-    path.write_text("target: http://127.0.0.1:1\nrequests:\n  - path: /a\nphases:\n"
-                    "  - executor: constant-rate\n    rate: 10\n    durration: 5s\n")
+    path.write_text(
+        "target: http://127.0.0.1:1\nrequests:\n  - path: /a\nphases:\n"
+        "  - executor: constant-rate\n    rate: 10\n    durration: 5s\n"
+    )
     proc = loadctl("run", str(path), "--agents", "1")
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
@@ -134,17 +155,24 @@ def _loadctl_processes() -> set[int]:
 
 def test_demo_runs_to_the_end_and_leaves_nothing_behind() -> None:
     before = _loadctl_processes()
-    proc = subprocess.Popen([*LOADCTL, "demo", "--duration", "4", "--quiet"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=tempfile.mkdtemp())
+    proc = subprocess.Popen(
+        [*LOADCTL, "demo", "--duration", "4", "--quiet"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tempfile.mkdtemp(),
+    )
     stdout, stderr = proc.communicate(timeout=90)
     assert proc.returncode == 0, stderr
     assert "the target served" in stdout
     served = int(stdout.split("the target served ")[1].split()[0])
     assert served > 0
     time.sleep(0.5)
-    children = {p.pid for p in psutil.Process(proc.pid).children()} if psutil.pid_exists(
-        proc.pid) else set()
+    children = (
+        {p.pid for p in psutil.Process(proc.pid).children()}
+        if psutil.pid_exists(proc.pid)
+        else set()
+    )
     assert not children
     assert _loadctl_processes() - before == set()
 
@@ -153,9 +181,12 @@ def test_interrupted_run_writes_partial_result_and_exits_130() -> None:
     with running_target() as target, tempfile.TemporaryDirectory() as tmp:
         path = write_scenario(constant(target.url, 100, 30), Path(tmp))
         out = Path(tmp) / "out"
-        proc = subprocess.Popen([*LOADCTL, "run", str(path), "--agents", "2", "--out", str(out),
-                                 "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
+        proc = subprocess.Popen(
+            [*LOADCTL, "run", str(path), "--agents", "2", "--out", str(out), "--quiet"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         deadline = time.monotonic() + 60
         while target.counts()["total"] < 200 and time.monotonic() < deadline:
             time.sleep(0.2)  # agents take a moment to start on a busy machine

@@ -1,0 +1,306 @@
+"""The fast engine's connection: an asyncio Protocol that owns one llhttp parser.
+
+One `Conn` carries one request at a time (no pipelining). The hot path is
+`start` (write the cached request bytes) then `data_received` ->
+`on_message_complete` (complete the future with a `Reply`). The connection is
+also the callbacks object of its "lean" parser, which has no header or body
+callbacks, so header and body bytes never become Python objects; requests
+with `want_body` use a second parser whose callbacks (`Collector`) keep them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import TYPE_CHECKING, Final, cast
+
+import httptools
+from loadctl.agent.fast_wire import IDEMPOTENT_METHODS, eof_delimited, serialise_head
+from loadctl.agent.http import Endpoint, HttpRequest, Reply, RequestTimeout, SendError
+
+if TYPE_CHECKING:
+    from loadctl.agent.engine_fast import FastClient
+
+BIG_BODY: Final = 64 * 1024  # larger bodies are written as they are, and never cached
+_HEAD_MAX: Final = 1 << 20  # a reply head larger than this is an error
+
+
+class Stale(Exception):
+    """The server closed the connection before any byte of the reply."""
+
+
+class _HeadDone(Exception):
+    """Raised from a parser callback to stop after a HEAD reply's headers."""
+
+
+class Pool:
+    """Idle keep-alive connections to one endpoint."""
+
+    __slots__ = ("endpoint", "idle", "server_hostname", "ssl")
+
+    def __init__(self, endpoint: Endpoint, ssl_context: ssl.SSLContext | None) -> None:
+        self.endpoint = endpoint
+        self.idle: list[Conn] = []
+        self.ssl = ssl_context if endpoint.tls else None
+        self.server_hostname = endpoint.host if endpoint.tls else None
+
+
+class Prepared:
+    """An `HttpRequest` made ready for the wire, cached per client."""
+
+    __slots__ = ("big_body", "idempotent", "is_head", "pool", "request", "want_body", "wire")
+
+    def __init__(self, request: HttpRequest, pool: Pool) -> None:
+        self.request = request
+        head = serialise_head(request)
+        body = request.body
+        if len(body) > BIG_BODY:  # not copied: written after the head
+            self.wire, self.big_body = head, body
+        else:
+            self.wire, self.big_body = head + body, b""
+        method = request.method.upper()
+        self.pool = pool
+        self.is_head = method == "HEAD"
+        self.idempotent = method in IDEMPOTENT_METHODS
+        self.want_body = request.want_body
+
+
+class Collector:
+    """Parser callbacks that keep headers and body (requests with `want_body`)."""
+
+    __slots__ = ("chunks", "conn", "headers")
+
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
+        self.headers: list[tuple[str, str]] = []
+        self.chunks: list[bytes] = []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append(
+            (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+        )
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+
+    def on_headers_complete(self) -> None:
+        self.conn.on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self.conn.on_message_complete()
+
+
+class Conn(asyncio.Protocol):
+    """One keep-alive connection; also the lean parser's callbacks (no header/body ones)."""
+
+    __slots__ = (
+        "closed",
+        "collector",
+        "deadline",
+        "full",
+        "fut",
+        "head",
+        "headers_done",
+        "idle",
+        "is_head",
+        "keep",
+        "lean",
+        "nbytes",
+        "owner",
+        "parser",
+        "pool",
+        "served",
+        "transport",
+        "want",
+    )
+
+    def __init__(self, owner: FastClient, pool: Pool) -> None:
+        self.owner = owner
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.lean = httptools.HttpResponseParser(self)
+        self.full: httptools.HttpResponseParser | None = None
+        self.collector: Collector | None = None
+        self.parser = self.lean
+        self.fut: asyncio.Future[Reply] | None = None
+        self.deadline = 0.0  # loop time the reply in flight is due by; 0.0: none in flight
+        self.nbytes = 0
+        self.head: bytes | None = None  # reply bytes up to the end of the head (rare paths)
+        self.headers_done = False
+        self.is_head = False
+        self.want = False
+        self.keep = True
+        self.idle = False
+        self.closed = False
+        self.served = 0
+
+    # -- transport callbacks -------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.owner.conns.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.fut is None:  # bytes nobody asked for (say, a 408 before closing): drop it
+            self.abort()
+            return
+        self.nbytes += len(data)
+        if not self.headers_done:
+            head = self.head
+            self.head = data if head is None else head + data
+            if head is not None and len(self.head) > _HEAD_MAX:
+                self._fail(SendError("reply head too large"))
+                return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _HeadDone):
+                self._new_parser()  # the parser stopped in an error state
+            else:
+                self._fail(SendError(f"bad HTTP reply: {exc.__context__ or exc}"))
+        except httptools.HttpParserUpgrade:
+            self._fail(SendError("unexpected protocol upgrade in the reply"))
+        except httptools.HttpParserError as exc:
+            self._fail(SendError(f"bad HTTP reply: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.owner.conns.discard(self)
+        if self.idle:
+            self.idle = False
+            self.pool.idle.remove(self)
+            self.owner.release_slot()
+            return
+        fut = self.fut
+        if fut is None or fut.done():
+            return
+        if self.nbytes == 0:
+            self.fut = None
+            self.deadline = 0.0
+            fut.set_exception(Stale())
+        elif self.headers_done and self.head is not None and eof_delimited(self.head):
+            self._complete(self.parser.get_status_code(), False)
+        else:
+            self._fail(SendError("the connection closed in the middle of the reply"))
+
+    # -- parser callbacks ----------------------------------------------------
+
+    def on_headers_complete(self) -> None:
+        # From here on `head` holds the reply head: enough to tell, should the
+        # connection close before the message completes, whether the body was
+        # one that ends at EOF (see connection_lost).
+        self.headers_done = True
+        if self.is_head:
+            parser = self.parser
+            status = parser.get_status_code()
+            if status >= 200:
+                self._complete(status, parser.should_keep_alive())
+                raise _HeadDone
+
+    def on_message_complete(self) -> None:
+        # The hot path: inlines _complete.
+        parser = self.parser
+        status = parser.get_status_code()
+        if status < 200:  # 1xx informational: the final reply follows
+            self.headers_done = False
+            collector = self.collector
+            if self.want and collector is not None:
+                collector.headers = []
+                collector.chunks = []
+            return
+        fut = self.fut
+        self.fut = None
+        self.deadline = 0.0
+        self.served += 1
+        if fut is None or fut.done():  # nobody waits for this reply: do not trust the connection
+            self.keep = False
+            return
+        self.keep = parser.should_keep_alive()
+        if self.want:
+            collector = self.collector
+            assert collector is not None
+            fut.set_result(
+                Reply(status, self.nbytes, collector.headers, b"".join(collector.chunks))
+            )
+        else:
+            fut.set_result(Reply(status, self.nbytes))
+
+    # -- request life --------------------------------------------------------
+
+    def start(self, prepared: Prepared, fut: asyncio.Future[Reply], deadline: float) -> None:
+        """Send `prepared`; `fut` gets the `Reply` or a `SendError`."""
+        transport = self.transport
+        if self.closed or transport is None or transport.is_closing():
+            fut.set_exception(Stale())
+            return
+        self.fut = fut
+        self.deadline = deadline
+        self.nbytes = 0
+        self.head = None
+        self.headers_done = False
+        self.is_head = prepared.is_head
+        if prepared.want_body:
+            self.want = True
+            collector = self.collector
+            if collector is None:
+                collector = self.collector = Collector(self)
+            else:
+                collector.headers = []
+                collector.chunks = []
+            full = self.full
+            if full is None:
+                full = self.full = httptools.HttpResponseParser(collector)
+            self.parser = full
+        else:
+            self.want = False
+            self.parser = self.lean
+        transport.write(prepared.wire)
+        if prepared.big_body:
+            transport.write(prepared.big_body)
+
+    def _complete(self, status: int, keep: bool) -> None:
+        fut = self.fut
+        self.fut = None
+        self.deadline = 0.0
+        self.served += 1
+        self.keep = keep
+        if fut is None or fut.done():  # nobody waits for this reply: do not trust the connection
+            self.keep = False
+            return
+        collector = self.collector
+        if self.want and collector is not None:
+            fut.set_result(
+                Reply(status, self.nbytes, collector.headers, b"".join(collector.chunks))
+            )
+        else:
+            fut.set_result(Reply(status, self.nbytes))
+
+    def _new_parser(self) -> None:
+        if self.parser is self.lean:
+            self.parser = self.lean = httptools.HttpResponseParser(self)
+        else:
+            self.parser = self.full = httptools.HttpResponseParser(self.collector)
+
+    def _fail(self, exc: SendError) -> None:
+        fut = self.fut
+        self.fut = None
+        self.deadline = 0.0
+        if fut is not None and not fut.done():
+            fut.set_exception(exc)
+        self.abort()
+
+    def expire(self) -> None:
+        """The reply in flight is past its deadline: fail it and drop the connection."""
+        self._fail(RequestTimeout("no complete reply within the timeout"))
+
+    def abort(self) -> None:
+        self.closed = True
+        self.keep = False
+        if self.transport is not None:
+            self.transport.abort()
+
+    def close(self) -> None:
+        self.closed = True
+        self.keep = False
+        if self.transport is not None:
+            self.transport.close()
