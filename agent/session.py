@@ -67,7 +67,7 @@ class AgentOptions:
     endpoint: str
     agent_id: str = ""
     connect_timeout: float = 15.0
-    deadman: float = 3.0  # the coordinator's Welcome may lower it, never raise it
+    deadman: float = 2.5  # the coordinator's Welcome may lower it, never raise it
     orphan_timeout: float = 30.0  # after the dead-man switch: wait this long for the coordinator
     serve: bool = False  # serve run after run (reconnecting) instead of exiting after one
     security: Any = None  # loadctl.agent.security.ClientSecurity or None (plaintext)
@@ -108,11 +108,17 @@ class AgentSession:
     # -- lifecycle ------------------------------------------------------------------------
     async def run(self) -> int:
         try:
-            await self._handshake()
-            while True:
+            if not self.options.serve:
+                await self._handshake()
                 await self._serve_until_done()
-                if not self.options.serve or self.finished:
-                    return EXIT_OK
+                return EXIT_OK
+            while True:  # --reconnect: serve run after run, whatever happens to the coordinator
+                try:
+                    await self._handshake()
+                    await self._serve_until_done()
+                except AgentFailure as error:
+                    log.warning("%s; reconnecting", error)
+                self._reset_for_next_run()
         finally:
             if self.runner is not None:
                 self.runner.abort()
@@ -120,8 +126,18 @@ class AgentSession:
             self.link.close()
             self.ctx.term()
 
+    def _reset_for_next_run(self) -> None:
+        self.finished = False
+        self.runner = None
+        self.run_task = None
+
     async def _handshake(self) -> None:
-        deadline = time.monotonic() + self.options.connect_timeout
+        """Hello until Welcome (bounded by --connect-timeout, or with backoff forever when
+        serving), then measure the clock offset and say Ready."""
+        started = time.monotonic()
+        deadline = started + self.options.connect_timeout
+        backoff = 1.0
+        next_note = started + 30.0
         hello = Hello(
             PROTOCOL_VERSION,
             self.agent_id,
@@ -133,14 +149,24 @@ class AgentSession:
         )
         self._welcomed.clear()
         while not self._welcomed.is_set():
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline and not self.options.serve:
                 raise AgentFailure(
                     f"no answer from the coordinator at {self.options.endpoint} after "
                     f"{self.options.connect_timeout:g} s: check that it is running, the address "
                     "and port are right and reachable, and the keys match"
                 )
+            if self.options.serve and now >= next_note:  # once per attempt window
+                log.info(
+                    "waiting for a coordinator at %s (%.0f s so far)",
+                    self.options.endpoint,
+                    now - started,
+                )
+                next_note = now + 30.0
             await self.link.send(hello)
-            await self._pump(1.0)
+            await self._pump(backoff)
+            if self.options.serve:
+                backoff = min(backoff * 1.5, 5.0)
         samples = []
         for seq in range(5):
             await self.link.send(Ping(seq, time.time()))
@@ -187,15 +213,14 @@ class AgentSession:
     async def _serve_until_done(self) -> None:
         last_beat = 0.0
         while not self.finished:
-            await self._pump(self.heartbeat / 2)
+            await self._pump(0.1)  # the dead-man check below runs at least 10 times a second
             now = time.monotonic()
             if now - last_beat >= self.heartbeat:
                 last_beat = now
                 await self.link.send(self._heartbeat())
                 await self.link.resend_due()
             if self.link.silence() > self.deadman:
-                await self._dead_man()
-                return
+                await self._dead_man()  # returns once the coordinator is back (or raises)
 
     async def _dead_man(self) -> None:
         stopped = self.runner is not None and not self.runner.aborted
@@ -207,6 +232,8 @@ class AgentSession:
             self.link.silence(),
             "stopped all load" if stopped else "standing by",
         )
+        if self.run_task is not None:  # let the aborted run cut its last interval
+            await asyncio.wait([self.run_task], timeout=5.0)
         deadline = time.monotonic() + self.options.orphan_timeout
         while time.monotonic() < deadline:
             await self.link.send(self._heartbeat())

@@ -70,7 +70,7 @@ class CoordinatorOptions:
     wait_timeout: float = 60.0
     heartbeat: float = 0.5
     lost_after: float = 2.0  # silence after which an agent is declared lost (≤ 3 s)
-    deadman: float = 3.0
+    deadman: float = 2.5  # agents stop their load after this much silence
     start_delay: float = 1.0
     drain_timeout: float = 10.0
     rebalance: bool = True
@@ -349,6 +349,7 @@ class Coordinator:
             self.weights.append(1)
         agent.joined_at = time.time()
         agent.lost_at = None
+        agent.done_seq = None  # it runs again: complete only after its next Done
         at = await self._reshare("agent joined", agent.agent_id)
         position = self.order.index(agent.agent_id)
         await self._plan(agent, Share(at, tuple(self.weights), position))
@@ -427,8 +428,9 @@ class Coordinator:
             return
         agent.seqs.add(snapshot.seq)
         agent.arrivals += sum(s.arrivals for s in snapshot.series)
-        agent.requests += sum(n for s in snapshot.series for k, n in s.outcomes.items()
-                              if k != "dropped")
+        agent.requests += sum(
+            n for s in snapshot.series for k, n in s.outcomes.items() if k != "dropped"
+        )
         agent.note_resources(snapshot.cpu_percent, snapshot.rss_bytes)
 
     async def _on_heartbeat(
