@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from loadctl.protocol.histogram import Histogram
+from loadctl.protocol.histogram import Histogram, WireParts, decode_wire
 from loadctl.protocol.messages import Series
 
 PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9, 99.99)
@@ -29,22 +29,17 @@ class Totals:
     checks_passed: int = 0
     checks_failed: int = 0
 
-    @classmethod
-    def of_series(cls, s: Series) -> Totals:
-        """One wire series, validated; raises ValueError (HistogramWireError) if malformed."""
-        counters = [s.arrivals, s.bytes_in, s.checks_passed, s.checks_failed, *s.outcomes.values()]
-        if any(v < 0 for v in counters):
-            raise ValueError("negative counters")
-        return cls(
-            s.arrivals,
-            dict(s.outcomes),
-            Histogram.from_wire(s.latency),
-            Histogram.from_wire(s.service),
-            Histogram.from_wire(s.send_lag),
-            s.bytes_in,
-            s.checks_passed,
-            s.checks_failed,
-        )
+    def add_series(self, s: Series, parts: SeriesParts) -> None:
+        """Add one wire series whose histograms `validate_series` already decoded."""
+        self.latency.add_parts(parts[0])
+        self.service.add_parts(parts[1])
+        self.send_lag.add_parts(parts[2])
+        self.arrivals += s.arrivals
+        for k, v in s.outcomes.items():
+            self.outcomes[k] = self.outcomes.get(k, 0) + v
+        self.bytes_in += s.bytes_in
+        self.checks_passed += s.checks_passed
+        self.checks_failed += s.checks_failed
 
     def merge(self, other: Totals) -> None:
         self.latency.merge(other.latency)
@@ -86,6 +81,24 @@ class Totals:
             "service_ms": histogram_summary(self.service),
             "send_lag_ms": histogram_summary(self.send_lag),
         }
+
+
+SeriesParts = tuple[WireParts, WireParts, WireParts]
+
+
+def validate_series(s: Series) -> SeriesParts:
+    """Check a wire series completely before anything is merged; ValueError if malformed.
+
+    Decoding once to sparse parts and adding those (rather than building dense
+    histograms per series) keeps a merge at a few microseconds per histogram.
+    """
+    counters = [s.arrivals, s.bytes_in, s.checks_passed, s.checks_failed, *s.outcomes.values()]
+    if any(v < 0 or v > _MAX_COUNTER for v in counters):
+        raise ValueError("counters out of range")
+    return decode_wire(s.latency), decode_wire(s.service), decode_wire(s.send_lag)
+
+
+_MAX_COUNTER = 2**62
 
 
 def histogram_summary(h: Histogram) -> dict[str, float]:

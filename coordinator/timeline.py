@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from loadctl.coordinator.stats import Totals
+from loadctl.coordinator.stats import Totals, validate_series
 from loadctl.protocol.histogram import Histogram
 from loadctl.protocol.messages import Snapshot
 
@@ -100,19 +100,19 @@ class Timeline:
         if snapshot.interval < 0 or snapshot.interval > 10_000_000:
             raise ValueError(f"interval index {snapshot.interval} out of range")
         # Decode every histogram first: a malformed one must not leave half a snapshot merged.
-        decoded = [(s, Totals.of_series(s)) for s in snapshot.series]
+        decoded = [(s, validate_series(s)) for s in snapshot.series]
         record = self.intervals.get(snapshot.interval)
         if record is None:
             record = self.intervals[snapshot.interval] = IntervalRecord(
                 snapshot.interval, snapshot.start, snapshot.end
             )
-        for s, part in decoded:
+        for s, parts in decoded:
             k = (s.phase, s.name)
-            record.totals(k).merge(part)
+            record.totals(k).add_series(s, parts)
             total = self.totals.get(k)
             if total is None:
                 total = self.totals[k] = Totals()
-            total.merge(part)
+            total.add_series(s, parts)
         record.agents.add(snapshot.agent_id)
         record.active_users[snapshot.agent_id] = snapshot.active_users
         record.cpu_percent[snapshot.agent_id] = snapshot.cpu_percent

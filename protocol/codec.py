@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any, Union
 
 import msgpack
-from loadctl.protocol.messages import MESSAGE_TYPES, PROTOCOL_VERSION, Message
+from loadctl.protocol.messages import MESSAGE_TYPES, OPAQUE, PROTOCOL_VERSION, Message
 
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 
@@ -63,6 +63,12 @@ class _Invalid(Exception):
 
     def __init__(self, path: str, problem: str) -> None:
         super().__init__(f"{path}: {problem}")
+        self.path = path
+        self.problem = problem
+
+    def within(self, outer: str) -> _Invalid:
+        """The same problem, one level up: `.series` + `[1]` + `.arrivals`."""
+        return _Invalid(outer + self.path, self.problem)
 
 
 def _fail(value: Any, expected: str) -> _Invalid:
@@ -93,6 +99,17 @@ def _exact(kind: type) -> _Converter:
 
 
 def _any(value: Any) -> Any:
+    # msgpack turns extension type -1 into a Timestamp whatever ext_hook says;
+    # typed fields reject it by type, free-form values must be walked.
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is list:
+            stack.extend(item)
+        elif type(item) is dict:
+            stack.extend(item.values())
+        elif type(item) is msgpack.Timestamp:
+            raise _Invalid("", "msgpack timestamp (extension type -1) is not part of the protocol")
     return value
 
 
@@ -105,7 +122,7 @@ def _sequence(item: _Converter) -> _Converter:
             try:
                 out.append(item(element))
             except _Invalid as error:
-                raise _Invalid(f"[{position}]", str(error)) from None
+                raise error.within(f"[{position}]") from None
         return tuple(out)
 
     return convert
@@ -120,7 +137,7 @@ def _mapping(key: _Converter, item: _Converter) -> _Converter:
             try:
                 out[key(k)] = item(v)
             except _Invalid as error:
-                raise _Invalid(f"[{k!r}]", str(error)) from None
+                raise error.within(f"[{k!r}]") from None
         return out
 
     return convert
@@ -134,7 +151,7 @@ def _optional(inner: _Converter) -> _Converter:
 
 
 def _record(cls: type) -> _Converter:
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = [f for f in dataclasses.fields(cls)]
     converters = [_converter_for(hints[f.name]) for f in fields]
     required = sum(
@@ -154,7 +171,7 @@ def _record(cls: type) -> _Converter:
             try:
                 args.append(conv(element))
             except _Invalid as error:
-                raise _Invalid(f".{f.name}", str(error)) from None
+                raise error.within(f".{f.name}") from None
         return cls(*args)
 
     return convert
@@ -174,6 +191,13 @@ def _converter_for(tp: Any) -> _Converter:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
         return _sequence(_converter_for(args[0]))
+    if origin is typing.Annotated:
+        if OPAQUE in args[1:]:
+            # The receiver validates every key and value (Histogram wire forms, checked
+            # by decode_wire before any merge); walking them here too would double
+            # the cost of the coordinator's hottest path.
+            return _exact(dict)
+        return _converter_for(args[0])
     if origin is dict:
         return _mapping(_converter_for(args[0]), _converter_for(args[1]))
     if origin in (Union, types.UnionType):
@@ -195,6 +219,7 @@ def _to_plain(value: Any) -> Any:
 
 
 _DECODERS: dict[int, _Converter] = {cls.TYPE: _record(cls) for cls in MESSAGE_TYPES}
+_NAMES: dict[int, str] = {cls.TYPE: cls.__name__ for cls in MESSAGE_TYPES}
 assert len(_DECODERS) == len(MESSAGE_TYPES), "two message classes share a TYPE"
 
 
@@ -222,7 +247,7 @@ def decode(data: bytes) -> Message:
     if type(frame) is not list or len(frame) != 3:
         raise MalformedFrame("a frame is [version, type, fields]")
     version, type_id, fields = frame
-    if version != PROTOCOL_VERSION:
+    if type(version) is not int or version != PROTOCOL_VERSION:  # not True, not 1.0
         raise VersionMismatch(version)
     if type(type_id) is not int:
         raise MalformedFrame("message type is not an int")
@@ -232,7 +257,7 @@ def decode(data: bytes) -> Message:
     try:
         message: Message = decoder(fields)
     except _Invalid as error:
-        raise InvalidMessage(str(error)) from None
+        raise InvalidMessage(f"{_NAMES[type_id]}{error.path}: {error.problem}") from None
     except (TypeError, ValueError, RecursionError) as error:  # from a constructor's own checks
         raise InvalidMessage(f"{type(error).__name__}: {error}") from None
     return message

@@ -16,12 +16,14 @@ the run start on the coordinator's clock.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 PROTOCOL_VERSION = 1
 
-# A histogram in its sparse wire form (see Histogram.to_wire); opaque here.
-WireHistogram = dict[str, Any]
+# A histogram in its sparse wire form (see Histogram.to_wire). The codec checks
+# only that it is a map: Histogram's decode_wire validates it completely.
+OPAQUE = "opaque"
+WireHistogram = Annotated[dict[str, Any], OPAQUE]
 
 
 @dataclass(frozen=True, slots=True)
