@@ -113,7 +113,16 @@ def agent_command(
         exits.fail(
             "--deadman must be between 0 and 60 seconds: an agent without its coordinator must stop"
         )
-    count = (os.cpu_count() or 1) if processes == "auto" else _positive(processes)
+    if connect_timeout <= 0:
+        exits.fail("--connect-timeout must be more than 0 seconds")
+    if keys is not None and insecure:
+        exits.fail("--keys and --insecure contradict each other: pick one")
+    count = len(os.sched_getaffinity(0)) if processes == "auto" else _positive(processes)
+    if count > 1 and agent_id:
+        exits.fail(
+            "--id names one agent process; with --processes above 1 leave it out "
+            "(each process gets its own id)"
+        )
     security = _security(keys, name, insecure, endpoint)
     if dry_run:
         click.echo(

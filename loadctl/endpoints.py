@@ -34,7 +34,7 @@ def check_endpoint(endpoint: str) -> str | None:
     try:
         port = parts.port
     except ValueError:
-        port = None
+        return f"{endpoint!r}: the port must be a number from 1 to 65535"
     if not parts.hostname or port is None:
         return f"{endpoint!r} needs a host and a port, e.g. tcp://10.0.0.5:5555"
     return None
