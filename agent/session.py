@@ -24,6 +24,7 @@ from typing import Any
 import psutil
 import zmq.asyncio
 from loadctl.agent.link import CoordinatorLink
+from loadctl.agent.pacer import wait_until
 from loadctl.agent.runner import Runner
 from loadctl.protocol.clock import ClockEstimate, ClockSample, estimate
 from loadctl.protocol.codec import VersionMismatch
@@ -288,14 +289,17 @@ class AgentSession:
         self.runner = Runner(plan, self.clock, self._sink)
         self.run_task = asyncio.get_running_loop().create_task(self._run_plan(self.runner))
 
+    async def _announce_start(self, runner: Runner) -> None:
+        """Report when the run really began here, on the coordinator's clock: the
+        spread of these over the agents is the start skew the result shows."""
+        await wait_until(runner.t0)
+        clock = self.clock
+        assert clock is not None
+        actual = clock.to_coordinator(time.time())
+        await self.link.send(Started(runner.plan.run_id, actual, clock.error_bound))
+
     async def _run_plan(self, runner: Runner) -> None:
-        await self.link.send(
-            Started(
-                runner.plan.run_id,
-                runner.plan.start_at,
-                self.clock.error_bound if self.clock else 0.0,
-            )
-        )
+        announce = asyncio.get_running_loop().create_task(self._announce_start(runner))
         try:
             await runner.run()
         except asyncio.CancelledError:
@@ -304,6 +308,7 @@ class AgentSession:
             log.exception("the run failed on this agent")
             runner.abort()
             await self.link.send(Error("agent-run-failed", f"{type(error).__name__}: {error}"))
+        announce.cancel()
         await self.link.send(
             Done(runner.plan.run_id, self.link.next_seq - 1, runner.engine_note or "")
         )
