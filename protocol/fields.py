@@ -86,8 +86,9 @@ class Fields:
             strangers = [k for k in self.data if isinstance(k, str) and k not in self._seen]
             close = difflib.get_close_matches(key, strangers, n=1, cutoff=0.75)
             if close:
-                raise ScenarioError(self.at(close[0]),
-                                    f"unknown key '{close[0]}': did you mean '{key}'?")
+                raise ScenarioError(
+                    self.at(close[0]), f"unknown key '{close[0]}': did you mean '{key}'?"
+                )
             raise ScenarioError(self.at(key), f"missing required key '{key}'")
         return default
 

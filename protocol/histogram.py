@@ -46,6 +46,9 @@ __all__ = [
     "SLOT_MIDDLE",
     "Histogram",
     "HistogramWireError",
+    "WireBatch",
+    "add_batch",
+    "decode_wires",
     "index_of",
     "indices_of",
 ]
@@ -141,6 +144,23 @@ class Histogram:
         self._overflow = 0
         self._min = 0
         self._max = 0
+
+    @classmethod
+    def over(cls, counts: npt.NDArray[np.uint64]) -> Histogram:
+        """An empty histogram whose counts are `counts` (zeros, uint64, COUNTS_LEN long),
+        typically a row of a caller's block that `add_batch` merges into in one call."""
+        if counts.dtype != np.uint64 or counts.shape != (COUNTS_LEN,):
+            raise ValueError("counts must be a uint64 array of COUNTS_LEN slots")
+        h = cls.__new__(cls)
+        h._counts = counts
+        h._count = h._overflow = h._min = h._max = 0
+        return h
+
+    def rebase(self, counts: npt.NDArray[np.uint64]) -> None:
+        """Move the counts to `counts` (a caller's new block row holding a copy of them)."""
+        if counts.dtype != np.uint64 or counts.shape != (COUNTS_LEN,):
+            raise ValueError("counts must be a uint64 array of COUNTS_LEN slots")
+        self._counts = counts
 
     # -- recording ---------------------------------------------------------
 
@@ -429,8 +449,20 @@ class Histogram:
             raise HistogramWireError("merged count would exceed 2^63 - 1")
         if idx.size:
             self._counts[idx] += cnt  # indices are strictly increasing: no repeats
+        self._add_scalars(count, overflow, mn, mx)
+
+    def _add_scalars(self, count: int, overflow: int, mn: int, mx: int) -> None:
+        """The non-array part of a merge (the caller checked the int63 limit)."""
+        if count == 0:
+            return
         self._overflow += overflow
-        self._note_range(mn, mx)
+        if self._count == 0:
+            self._min, self._max = mn, mx
+        else:
+            if mn < self._min:
+                self._min = mn
+            if mx > self._max:
+                self._max = mx
         self._count += count
 
     # -- HdrHistogram V2 encoding ------------------------------------------
@@ -564,3 +596,186 @@ def decode_wire(d: Mapping[str, Any]) -> WireParts:
 
 
 _NO_SLOTS: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
+
+
+# -- many wire forms at once ------------------------------------------------------------
+#
+# A snapshot carries dozens of histograms of a few hundred to a few thousand slots
+# each. Checked one by one, each costs some ten numpy calls, and call overhead, not
+# the slots, dominates. decode_wires runs the same checks as decode_wire over the
+# concatenation of their bytes (segment sums with reduceat, one prefix sum whose
+# segment starts are corrected so each histogram's indices restart), and add_batch
+# merges them into the rows of one block in one scatter.
+
+
+class WireBatch:
+    """Validated wire forms of several histograms, flattened (see `decode_wires`).
+
+    `idx` and `cnt` hold the slot indices and counts of every histogram, one
+    histogram after the other; `lengths[k]` is histogram k's number of non-empty
+    slots and `scalars[k]` its (count, overflow, min, max)."""
+
+    __slots__ = ("cnt", "idx", "lengths", "scalars")
+
+    def __init__(
+        self,
+        idx: npt.NDArray[np.int64],
+        cnt: npt.NDArray[np.uint64],
+        lengths: list[int],
+        scalars: list[tuple[int, int, int, int]],
+    ) -> None:
+        self.idx = idx
+        self.cnt = cnt
+        self.lengths = lengths
+        self.scalars = scalars
+
+    def __len__(self) -> int:
+        return len(self.scalars)
+
+    def parts(self, k: int) -> WireParts:
+        """Histogram k as `decode_wire` returns it."""
+        a = sum(self.lengths[:k])
+        b = a + self.lengths[k]
+        return (self.idx[a:b], self.cnt[a:b], *self.scalars[k])
+
+
+def decode_wires(wires: Sequence[Any]) -> WireBatch:
+    """`decode_wire` for many wire forms at once: the same checks, vectorised across
+    them. HistogramWireError (naming the first bad one's problem) if any is malformed.
+
+    The fast path takes what `to_wire` writes (2-byte index deltas, counts of 1, 2 or
+    4 bytes); anything else, or anything it doubts, goes through `decode_wire` one by
+    one, so both accept and reject exactly the same inputs."""
+    lengths: list[int] = []
+    scalars: list[tuple[int, int, int, int]] = []
+    ibs: list[bytes] = []
+    runs: list[tuple[int, list[bytes]]] = []  # consecutive count bytes of equal width
+    starts: list[int] = []
+    ends: list[tuple[int, int, int]] = []  # (min, max, overflow) of the non-empty ones
+    expect: list[int] = []  # their in-range totals
+    offset = 0
+    for d in wires:
+        if type(d) is not dict or len(d) != 9:
+            return _decode_each(wires)
+        try:
+            n, iw, cw, count, overflow, mn, mx = (
+                d["n"], d["iw"], d["cw"], d["count"], d["overflow"], d["min"], d["max"]
+            )  # fmt: skip
+            ib, cb = d["i"], d["c"]
+        except KeyError:
+            return _decode_each(wires)
+        if not (
+            type(n) is int
+            and type(count) is int
+            and type(overflow) is int
+            and type(mn) is int
+            and type(mx) is int
+            and type(iw) is int
+            and type(cw) is int
+            and type(ib) is bytes
+            and type(cb) is bytes
+            and 0 <= n <= COUNTS_LEN
+            and 0 <= overflow <= count <= _MAX_INT
+            and 0 <= mn <= mx <= _MAX_INT
+            and iw == 2
+            and (cw == 1 or cw == 2 or cw == 4)
+            and len(ib) == 2 * n
+            and len(cb) == n * cw
+        ):
+            return _decode_each(wires)
+        if n == 0:
+            if count != overflow or (mx if count == 0 else mn <= HIGHEST):
+                return _decode_each(wires)
+        else:
+            if mn > HIGHEST or (mx <= HIGHEST if overflow else mx > HIGHEST):
+                return _decode_each(wires)
+            ibs.append(ib)
+            if runs and runs[-1][0] == cw:
+                runs[-1][1].append(cb)
+            else:
+                runs.append((cw, [cb]))
+            starts.append(offset)
+            offset += n
+            ends.append((mn, mx, overflow))
+            expect.append(count - overflow)
+        lengths.append(n)
+        scalars.append((count, overflow, mn, mx))
+    if not starts:
+        return WireBatch(_NO_SLOTS, _NO_COUNTS, lengths, scalars)
+    deltas = np.frombuffer(b"".join(ibs), dtype=_INDEX_DTYPES[2])
+    at = np.array(starts, dtype=np.intp)
+    firsts = deltas[at]
+    # strictly increasing: every delta but a first one is non-zero (per histogram, the
+    # non-zero deltas are at most n - [first == 0], so equal sums mean equal terms)
+    if np.count_nonzero(deltas) != offset - (len(starts) - np.count_nonzero(firsts)):
+        return _decode_each(wires)
+    lasts = np.add.reduceat(deltas, at, dtype=np.int64)  # a histogram's deltas sum to its last
+    if int(lasts.max()) >= COUNTS_LEN:
+        return _decode_each(wires)
+    idx = deltas.astype(np.int64)
+    if len(starts) > 1:
+        idx[at[1:]] -= lasts[:-1]  # each histogram's prefix sum starts afresh
+    np.cumsum(idx, out=idx)
+    arrays = [np.frombuffer(b"".join(parts), dtype=_COUNT_DTYPES[w]) for w, parts in runs]
+    cnt = (
+        np.concatenate(arrays, dtype=np.uint64) if len(arrays) > 1 else arrays[0].astype(np.uint64)
+    )
+    if np.count_nonzero(cnt) != offset:
+        return _decode_each(wires)
+    if np.add.reduceat(cnt, at).tolist() != expect:  # < n * 2^32 each: no wrap-around
+        return _decode_each(wires)
+    for (mn, mx, overflow), first, last in zip(ends, firsts.tolist(), lasts.tolist(), strict=True):
+        if index_of(mn) != first or (not overflow and index_of(mx) != last):
+            return _decode_each(wires)
+    return WireBatch(idx, cnt, lengths, scalars)
+
+
+def _decode_each(wires: Sequence[Any]) -> WireBatch:
+    """One by one through decode_wire: raises its precise error, or builds the batch."""
+    parts = [decode_wire(d) for d in wires]
+    nonempty = [p for p in parts if p[0].size]
+    return WireBatch(
+        np.concatenate([p[0] for p in nonempty]) if nonempty else _NO_SLOTS,
+        np.concatenate([p[1] for p in nonempty], dtype=np.uint64) if nonempty else _NO_COUNTS,
+        [int(p[0].size) for p in parts],
+        [(p[2], p[3], p[4], p[5]) for p in parts],
+    )
+
+
+def check_batch(histograms: Sequence[Histogram], batch: WireBatch) -> None:
+    """HistogramWireError if merging `batch` into `histograms` would take a total count
+    beyond 2^63 - 1 (checked for all of them before anything is merged)."""
+    incoming = sum(s[0] for s in batch.scalars)
+    if incoming + max((h._count for h in histograms), default=0) <= _MAX_INT:
+        return  # the usual case, in one comparison
+    totals: dict[int, int] = {}
+    for h, s in zip(histograms, batch.scalars, strict=True):
+        totals[id(h)] = totals.get(id(h), h._count) + s[0]
+        if totals[id(h)] > _MAX_INT:
+            raise HistogramWireError("merged count would exceed 2^63 - 1")
+
+
+def add_batch(
+    block: npt.NDArray[np.uint64],
+    rows: Sequence[int],
+    histograms: Sequence[Histogram],
+    batch: WireBatch,
+) -> None:
+    """Merge histogram k of `batch` into `histograms[k]`, whose counts are row `rows[k]`
+    of `block` (C-contiguous, COUNTS_LEN columns; see Histogram.over), in one scatter.
+    All or nothing: the count limit is checked for every histogram first."""
+    if len(rows) != len(batch) or len(histograms) != len(batch):
+        raise ValueError("one row and one histogram per histogram of the batch")
+    if not block.flags.c_contiguous or block.ndim != 2 or block.shape[1] != COUNTS_LEN:
+        raise ValueError("block must be a C-contiguous array of COUNTS_LEN columns")
+    check_batch(histograms, batch)
+    if batch.idx.size:
+        flat = block.reshape(-1)  # a view: the block is contiguous
+        offsets = np.repeat(np.asarray(rows, dtype=np.int64) * COUNTS_LEN, batch.lengths)
+        offsets += batch.idx
+        np.add.at(flat, offsets, batch.cnt)
+    for h, (count, overflow, mn, mx) in zip(histograms, batch.scalars, strict=True):
+        h._add_scalars(count, overflow, mn, mx)
+
+
+_NO_COUNTS: npt.NDArray[np.uint64] = np.zeros(0, dtype=np.uint64)

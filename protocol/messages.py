@@ -40,6 +40,12 @@ class Share:
     weights: tuple[int, ...]
     index: int
 
+    def __post_init__(self) -> None:  # the codec turns a ValueError into InvalidMessage
+        if self.since < 0 or not 0 <= self.index < len(self.weights):
+            raise ValueError("share index out of range")
+        if any(w < 0 for w in self.weights) or sum(self.weights) <= 0 or len(self.weights) > 65536:
+            raise ValueError("share weights must be non-negative with a positive sum")
+
 
 @dataclass(frozen=True, slots=True)
 class Hello:

@@ -13,12 +13,24 @@ others at that offset from the run start (k6's parallel scenarios).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from loadctl.protocol.fields import Fields, ScenarioError, parse_duration
+from loadctl.protocol.journey import (
+    Check,
+    Extract,
+    is_python_flow,
+    parse_checks,
+    parse_extracts,
+    parse_flow_ref,
+    validate_journeys,
+)
 from loadctl.protocol.schedule import RateCurve, RateStage, UserCurve, UserStage
+from loadctl.protocol.thresholds import fix_on_keys, parse_thresholds
 
 OPEN_EXECUTORS = ("constant-rate", "ramping-rate", "burst")
 CLOSED_EXECUTORS = ("constant-users", "ramping-users")
@@ -63,6 +75,13 @@ class RequestSpec:
     body: bytes = b""
     weight: int = 1
     timeout: float | None = None
+    # journeys (see loadctl.protocol.journey and docs/journeys.md)
+    extract: tuple[Extract, ...] = ()
+    check: tuple[Check, ...] = ()
+    follow_redirects: bool = False
+    abort_on_fail: bool = False  # a failed check or extraction ends the user's iteration
+    once: bool = False  # sent in a user's first iteration only (a login)
+    json_body: bool = False  # the body was written as a mapping/list: templated leaf by leaf
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +99,8 @@ class Phase:
     connections: str = "shared"  # users: "shared" pool or one connection "per-user"
     max_in_flight: int | None = None
     disturbance: bool = False  # bursts and fault windows: recovery is measured after
+    data: str | None = None  # users: the data source (feeder) its users take rows from
+    cookies: bool = False  # users: each user keeps its own cookie jar (and connection)
 
     @property
     def is_open(self) -> bool:
@@ -133,11 +154,13 @@ class Scenario:
 
     @classmethod
     def from_dict(cls, data: Any, scale: float = 1.0) -> Scenario:
-        if scale <= 0:
+        if not (scale > 0 and math.isfinite(scale)):
             raise ScenarioError(("scale",), "--scale must be greater than 0")
         top = Fields(data, (), "scenario")
+        fix_on_keys(data)
+        _check_wire_safe(data, ())
         target = top.text("target")
-        if not target.startswith(("http://", "https://")):
+        if not target.startswith(("http://", "https://")) or not _has_host_and_port(target):
             raise ScenarioError(
                 ("target",), f"target must be an http:// or https:// URL: {target!r}"
             )
@@ -145,8 +168,11 @@ class Scenario:
         requests = _requests(top)
         names = [r.name for r in requests]
         phases = parse_phases(top.items("phases", non_empty=True), ("phases",), names, scale)
-        thresholds = tuple(top.items("thresholds", []))
+        thresholds = parse_thresholds(
+            top.items("thresholds", []), ("thresholds",), names, [p.name for p in phases]
+        )
         name = top.text("name", "scenario")
+        validate_journeys(top.raw("data", None), top.raw("variables", None), requests, phases)
         top.done(allowed_extra=("chaos", "data", "variables", "description"))
         return cls(name, target.rstrip("/"), defaults, requests, phases, thresholds, data, scale)
 
@@ -161,6 +187,40 @@ class Scenario:
             self.source,
             self.scale,
         )
+
+
+def _check_wire_safe(value: Any, path: tuple[str | int, ...]) -> None:
+    """The source travels in the Plan (msgpack, text keys): YAML dates, sets or
+    non-text keys would fail to encode or decode there, so refuse them here."""
+    if value is None or isinstance(value, bool | float | str | bytes):
+        return
+    if isinstance(value, int):
+        if not -(2**63) <= value < 2**64:
+            raise ScenarioError(path, f"the number {value} is too large")
+        return
+    if isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _check_wire_safe(item, (*path, i))
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ScenarioError((*path, str(key)), f"the key {key!r} must be text: quote it")
+            _check_wire_safe(item, (*path, key))
+        return
+    raise ScenarioError(
+        path, f"YAML read this as {type(value).__name__} ({value!r}): quote it to keep it text"
+    )
+
+
+def _has_host_and_port(url: str) -> bool:
+    """A host, and a port (if any) in 1..65535; what the agent's Endpoint needs."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return False
+    return bool(parts.hostname) and port != 0
 
 
 def _defaults(top: Fields) -> Defaults:
@@ -183,7 +243,8 @@ def _defaults(top: Fields) -> Defaults:
 
 def _requests(top: Fields) -> tuple[RequestSpec, ...]:
     out: list[RequestSpec] = []
-    for i, item in enumerate(top.items("requests", non_empty=True)):
+    # Optional when every phase runs a Python flow (checked per phase).
+    for i, item in enumerate(top.items("requests", [])):
         f = Fields(item, (*top.at("requests"), i), "request")
         path = f.text("path")
         if not path.startswith("/"):
@@ -195,7 +256,7 @@ def _requests(top: Fields) -> tuple[RequestSpec, ...]:
         elif isinstance(body_value, str):
             body = body_value.encode()
         elif isinstance(body_value, dict | list):
-            body = json.dumps(body_value, separators=(",", ":")).encode()
+            body = json.dumps(body_value, separators=(",", ":"), ensure_ascii=False).encode()
             if not any(k.lower() == "content-type" for k in headers):
                 headers["Content-Type"] = "application/json"
         else:
@@ -208,12 +269,18 @@ def _requests(top: Fields) -> tuple[RequestSpec, ...]:
             body=body,
             weight=f.number("weight", 1, minimum=0, integer=True),
             timeout=f.duration("timeout", None, positive=True),
+            extract=parse_extracts(f.items("extract", []), f.at("extract")),
+            check=parse_checks(f.items("check", []), f.at("check")),
+            follow_redirects=f.flag("follow_redirects", False),
+            abort_on_fail=f.flag("abort_on_fail", False),
+            once=f.flag("once", False),
+            json_body=isinstance(body_value, dict | list),
         )
         if any(r.name == spec.name for r in out):
             raise ScenarioError(f.at("name"), f"request name '{spec.name}' is used twice")
-        f.done(allowed_extra=("extract", "check", "follow_redirects"))
+        f.done()
         out.append(spec)
-    if sum(r.weight for r in out) == 0:
+    if out and sum(r.weight for r in out) == 0:
         raise ScenarioError(("requests",), "at least one request needs a weight above 0")
     return tuple(out)
 
@@ -260,7 +327,7 @@ def _phase(f: Fields, index: int, cursor: float, request_names: list[str], scale
         else:
             u0 = _users(f.number("start_users", 0, integer=True), scale)
             ustages = []
-            for duration, target in _stages(f, "target"):
+            for duration, target in _stages(f, "target", integer=True):
                 u1 = _users(int(target), scale)
                 ustages.append(UserStage(duration, u0, u1))
                 u0 = u1
@@ -275,11 +342,25 @@ def _phase(f: Fields, index: int, cursor: float, request_names: list[str], scale
                 (*f.at("requests"), j),
                 f"no request named '{n}' (known: {', '.join(request_names)})",
             )
-    flow = f.text("flow", "mix" if rate is not None else "sequence", choices=("mix", "sequence"))
+    flow = f.text("flow", "mix" if rate is not None else "sequence")
+    if is_python_flow(flow):
+        parse_flow_ref(flow, f.at("flow"))
+    elif not names:
+        raise ScenarioError(
+            f.at("requests"), "this phase sends no requests: list some under the top-level requests"
+        )
     if rate is not None and flow != "mix":
         raise ScenarioError(
             f.at("flow"),
-            "an arrival-rate phase sends a weighted mix; use a users executor for a sequence",
+            "an arrival-rate phase sends a weighted mix; use a users executor for a sequence "
+            "or a Python flow",
+        )
+    data = f.text("data", None)
+    cookies = f.flag("cookies", False)
+    if rate is not None and (data is not None or cookies):
+        raise ScenarioError(
+            f.at("data" if data is not None else "cookies"),
+            "data feeders and cookies belong to users: use a users executor (a journey)",
         )
     phase = Phase(
         name=name,
@@ -295,6 +376,8 @@ def _phase(f: Fields, index: int, cursor: float, request_names: list[str], scale
         connections=f.text("connections", "shared", choices=("shared", "per-user")),
         max_in_flight=f.number("max_in_flight", None, minimum=1, integer=True),
         disturbance=f.flag("disturbance", executor == "burst"),
+        data=data,
+        cookies=cookies,
     )
     f.done()
     return phase
@@ -304,10 +387,11 @@ def _users(n: int, scale: float) -> int:
     return max(1, round(n * scale)) if n else 0
 
 
-def _stages(f: Fields, target_key: str) -> list[tuple[float, float]]:
+def _stages(f: Fields, target_key: str, integer: bool = False) -> list[tuple[float, float]]:
     out = []
     for j, item in enumerate(f.items("stages", non_empty=True)):
         s = Fields(item, (*f.at("stages"), j), "stage")
-        out.append((s.duration("duration", positive=True), s.number(target_key, minimum=0)))
+        target = s.number(target_key, minimum=0, integer=integer)
+        out.append((s.duration("duration", positive=True), target))
         s.done()
     return out

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 _EPS = 1e-9
+_REL_EPS = 1e-12  # float error of F(t) grows with its size: 1e-9 alone fails past ~1e7
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +78,8 @@ class RateCurve:
 
     def first_at_or_after(self, t: float) -> int:
         """Index of the first arrival due at or after t."""
-        return max(0, math.ceil(self.integral(t) - _EPS))
+        f = self.integral(t)
+        return max(0, math.ceil(f - _EPS - _REL_EPS * abs(f)))
 
     def time_of(self, k: int) -> float:
         """When arrival k is due (seconds from the phase start)."""
@@ -114,6 +116,8 @@ class UserCurve:
         self.duration = sum(s.duration for s in self.stages)
 
     def users_at(self, t: float) -> int:
+        if t < 0:
+            return 0
         start = 0.0
         for s in self.stages:
             if t < start + s.duration:

@@ -3,9 +3,15 @@
 The model is k6's execution segments, reduced to what we need. The global
 work is a sequence of items: arrival k of a phase's schedule (open model), or
 user u of a phase's user count (closed model). A `Stripe` assigns every item
-to exactly one agent by repeating one period of owners; the period is built
-with smooth weighted round robin, so that any window of consecutive items is
-split in proportion to the weights within ±1 item per agent. Hence:
+to exactly one agent by repeating one period of owners. The period is built
+with Tijdeman's chairman-assignment algorithm: for n agents with a positive
+weight, agent i's count over the first k items of a stripe is within
+1 - 1/(2n-2) of k·w_i/W, so over any window of consecutive items it is less
+than 2 from its exact share: within ±1 of that share rounded down or up.
+(Exactly ±1 of the exact share cannot be had for every set of weights: no
+sequence at all achieves it for weights 2:4:5. Smooth weighted round robin,
+used before, exceeds even the ±2 bound, e.g. for 74:77:74:5:5:4:1:1:5:5.)
+Hence:
 
 * union of the agents' subsets is the whole sequence, each item exactly once
   (each position of the period has exactly one owner);
@@ -41,13 +47,29 @@ class Stripe:
         common = reduce(gcd, (w for w in weights if w))
         reduced = [w // common for w in weights]
         period = sum(reduced)
-        current = [0] * len(reduced)
+        live = [i for i, w in enumerate(reduced) if w]
+        if len(live) == 1:
+            return cls(tuple(live * period), len(weights))
+        # Tijdeman (1980): at step t, among the agents that would not run more
+        # than B = 1 - 1/m (m = 2n - 2) ahead of their share t·r_i/period,
+        # pick the earliest deadline (x_i + B) / r_i; all in integers.
+        m = 2 * len(live) - 2
+        given = [0] * len(reduced)  # x_i: items given to agent i so far
         owners = []
-        for _ in range(period):
-            for i, w in enumerate(reduced):
-                current[i] += w
-            best = max(range(len(reduced)), key=lambda i: (current[i], -i))
-            current[best] -= period
+        for t in range(1, period + 1):
+            best = -1
+            for i in live:
+                if m * (t * reduced[i] - given[i] * period) < period:
+                    continue
+                if (
+                    best < 0
+                    or (m * given[i] + m - 1) * reduced[best]
+                    < (m * given[best] + m - 1) * reduced[i]
+                ):
+                    best = i
+            if best < 0:  # impossible by Tijdeman's theorem
+                raise AssertionError(f"no eligible agent at step {t} for {weights!r}")
+            given[best] += 1
             owners.append(best)
         return cls(tuple(owners), len(weights))
 
