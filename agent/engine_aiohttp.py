@@ -22,6 +22,10 @@ import ssl
 from typing import Final
 
 import aiohttp
+from multidict import CIMultiDict
+from yarl import URL
+
+from loadctl import __version__
 from loadctl.agent.http import (
     ConnectFailed,
     HttpRequest,
@@ -29,10 +33,6 @@ from loadctl.agent.http import (
     RequestTimeout,
     SendError,
 )
-from multidict import CIMultiDict
-from yarl import URL
-
-from loadctl import __version__
 
 USER_AGENT: Final = f"loadctl/{__version__}"
 _PREPARED_MAX: Final = 4096  # cached per-request objects per client; cleared when full
@@ -83,7 +83,8 @@ class AiohttpClient:
     virtual user gives each user its own session cookies); it accepts cookies
     from IP-address hosts such as 127.0.0.1. `ssl_context` is used for https
     (default: the system's verifying context). The session is opened in the
-    running loop at the first `send`.
+    running loop at the first `send`. As in the fast engine, the timeout covers
+    the whole request, from waiting for a connection to the last body byte.
     """
 
     def __init__(

@@ -63,9 +63,11 @@ class FastClient:
 
     The limit counts connections to all endpoints together (as aiohttp's
     `limit`); a request that finds none free waits for one within its timeout.
-    `ssl_context` is used for https endpoints (default: the system's verifying
-    context). Must be used from one event loop, the one running at the first
-    `send`.
+    The timeout covers the whole request: waiting for a connection, connecting
+    (and the TLS handshake), sending, and reading the whole reply; on expiry
+    the connection in use is closed, never reused. `ssl_context` is used for
+    https endpoints (default: the system's verifying context). Must be used
+    from one event loop, the one running at the first `send`.
     """
 
     def __init__(self, max_connections: int, *, ssl_context: ssl.SSLContext | None = None) -> None:

@@ -15,6 +15,7 @@ import ssl
 from typing import TYPE_CHECKING, Final, cast
 
 import httptools
+
 from loadctl.agent.fast_wire import IDEMPOTENT_METHODS, eof_delimited, serialise_head
 from loadctl.agent.http import Endpoint, HttpRequest, Reply, RequestTimeout, SendError
 

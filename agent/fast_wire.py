@@ -6,9 +6,8 @@ import re
 from typing import Final
 from urllib.parse import quote
 
-from loadctl.agent.http import HttpRequest, SendError
-
 from loadctl import __version__
+from loadctl.agent.http import HttpRequest, SendError
 
 USER_AGENT: Final = f"loadctl/{__version__}"
 IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})

@@ -21,16 +21,15 @@ from __future__ import annotations
 import base64
 import json
 import os
-from pathlib import Path
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
+from loadctl import __version__
 from loadctl.coordinator.run import Coordinator
 from loadctl.coordinator.stats import Totals
 from loadctl.protocol.histogram import Histogram
 from loadctl.protocol.scenario import Phase
-
-from loadctl import __version__
 
 SCHEMA = "loadctl.result/1"
 CPU_WARN_PERCENT = 90.0  # above this an agent's own delay shows in its latencies
@@ -74,7 +73,9 @@ def measured_seconds(run: Coordinator) -> float:
     return min(duration, run.expected_end) if run.expected_end else duration
 
 
-def interval_targets(phases: Iterable[Phase], t0: float, t1: float) -> tuple[int | None, int | None]:
+def interval_targets(
+    phases: Iterable[Phase], t0: float, t1: float
+) -> tuple[int | None, int | None]:
     """(arrivals due in [t0, t1) over open-model phases, users wanted mid-way over
     closed-model ones); None where no such phase is active."""
     arrivals: int | None = None
@@ -186,8 +187,8 @@ def build_result(run: Coordinator, extra: dict[str, Any] | None = None) -> dict[
                 "lost_at": a.lost_at,
                 "joined_at": a.joined_at,
                 "snapshots": len(a.seqs),
-            "arrivals": a.arrivals,
-            "requests": a.requests,
+                "arrivals": a.arrivals,
+                "requests": a.requests,
                 "complete": a.complete(),
                 "missing_snapshots": a.missing_seqs(),
                 "max_cpu_percent": a.max_cpu_percent,
@@ -228,6 +229,9 @@ def build_result(run: Coordinator, extra: dict[str, Any] | None = None) -> dict[
         "thresholds": [],
         "timeline": timeline,
     }
+    from loadctl.coordinator.recovery import analyse  # recovery and degradation, from the data
+
+    result.update(analyse(result))
     if extra:
         result.update(extra)
     return result

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 _LAT_COLUMNS = ("p50", "p90", "p95", "p99", "p99.9", "max")
@@ -78,7 +79,34 @@ def print_summary(result: dict[str, Any], console: Console | None = None) -> Non
     for note in result.get("engine_notes", []):
         console.print(f"note: {note}")
     for event in result.get("events", []):
-        if event["kind"] in ("lost", "joined", "incomplete", "interrupted"):
+        if event["kind"] in ("lost", "joined", "incomplete", "interrupted", "aborted"):
             console.print(f"[yellow]{event['kind']}[/] {event['agent']} {event['detail']}")
     for error in result.get("agent_errors", []):
         console.print(f"[red]agent error[/] {error}")
+    for warning in result.get("warnings", []):
+        console.print(f"[yellow]warning[/] {warning}", highlight=False)
+    from loadctl.coordinator.recovery import recovery_lines  # after bursts and fault windows
+
+    for line in recovery_lines(result.get("recovery")):
+        console.print(line, highlight=False, markup=False)
+    print_thresholds(result, console)
+
+
+def print_thresholds(result: dict[str, Any], console: Console) -> None:
+    """Each threshold with ✓ or ✗ and the value observed over the run."""
+    thresholds = result.get("thresholds") or []
+    if not thresholds:
+        return
+    failed = sum(1 for t in thresholds if not t["ok"])
+    console.print(
+        "[bold]Thresholds[/]: "
+        + (f"[red]{failed} of {len(thresholds)} failed[/]" if failed else "[green]all held[/]")
+    )
+    for t in thresholds:
+        mark = "[green]✓[/]" if t["ok"] else "[red]✗[/]"
+        on = "" if t["on"] == "total" else f" on {t['on']}"
+        note = " [red](aborted the run)[/]" if t.get("aborted") else ""
+        console.print(
+            f"  {mark} {escape(t['threshold'])}{escape(on)}: observed {t['observed_text']}{note}",
+            highlight=False,
+        )

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
 from loadctl import exits
 from loadctl.cluster import run_cluster
-from loadctl.coordinator.run import CoordinatorOptions
+from loadctl.coordinator.run import Controller, Coordinator, CoordinatorOptions
 from loadctl.endpoints import check_endpoint, is_local
 from loadctl.logs import setup_logging
 from loadctl.protocol.scenario import Scenario
@@ -52,6 +54,23 @@ out_option = click.option(
     help="Result directory (default: loadctl-results/<time>-<run>).",
 )
 quiet_option = click.option("--quiet", is_flag=True, help="Print only the summary.")
+metrics_option = click.option(
+    "--metrics-port",
+    "metrics_port",
+    default="9646",
+    show_default=True,
+    metavar="[HOST:]PORT",
+    help="Serve Prometheus /metrics during the run here (0: off).",
+)
+
+
+def _metrics(value: str, default_host: str) -> tuple[str, int]:
+    from loadctl.cluster import metrics_address
+
+    try:
+        return metrics_address(value, default_host)
+    except ValueError as error:
+        exits.fail(str(error))
 
 
 @click.command("coordinator")
@@ -76,6 +95,7 @@ quiet_option = click.option("--quiet", is_flag=True, help="Print only the summar
 @scale_option
 @out_option
 @quiet_option
+@metrics_option
 @click.option("-v", "--verbose", is_flag=True)
 def coordinator_command(
     scenario: str,
@@ -88,6 +108,7 @@ def coordinator_command(
     scale: float,
     out_dir: Path | None,
     quiet: bool,
+    metrics_port: str,
     verbose: bool,
 ) -> None:
     """Split SCENARIO across --agents agents that connect to --bind, run it, report."""
@@ -98,6 +119,7 @@ def coordinator_command(
         exits.fail("--agents must be at least 1")
     parsed = _load(scenario, scale)
     security = _server_security(keys, insecure, bind)
+    metrics_host, metrics = _metrics(metrics_port, "127.0.0.1" if is_local(bind) else "0.0.0.0")
     if dry_run:
         click.echo(
             f"coordinator: {parsed.name}: {len(parsed.phases)} phase(s), "
@@ -115,11 +137,21 @@ def coordinator_command(
     options = CoordinatorOptions(
         bind=bind, agents=agents, wait_timeout=wait_timeout, security=security
     )
-    sys.exit(run_cluster(parsed, options, out_dir, quiet).code)
+    outcome = run_cluster(
+        parsed, options, out_dir, quiet, metrics_port=metrics, metrics_host=metrics_host
+    )
+    sys.exit(outcome.code)
 
 
 def run_local(
-    scenario: Scenario, agents: int, out_dir: Path | None, quiet: bool, verbose: bool = False
+    scenario: Scenario,
+    agents: int,
+    out_dir: Path | None,
+    quiet: bool,
+    verbose: bool = False,
+    metrics: tuple[str, int] = ("127.0.0.1", 9646),
+    controller: Controller | None = None,
+    extra_result: Callable[[Coordinator], dict[str, Any]] | None = None,
 ) -> int:
     """Coordinator in this process plus `agents` local agent processes on an ipc socket."""
     from loadctl.launcher import loadctl_command, process_group
@@ -139,8 +171,18 @@ def run_local(
                         *(["-v"] if verbose else []),
                     )
                 )
-            options = CoordinatorOptions(bind=endpoint, agents=agents, wait_timeout=30.0)
-            outcome = run_cluster(scenario, options, out_dir, quiet)
+            options = CoordinatorOptions(
+                bind=endpoint, agents=agents, wait_timeout=30.0, controller=controller
+            )
+            outcome = run_cluster(
+                scenario,
+                options,
+                out_dir,
+                quiet,
+                metrics_port=metrics[1],
+                metrics_host=metrics[0],
+                extra_result=extra_result,
+            )
             group.wait_all_quietly(10.0)
     return outcome.code
 
@@ -151,13 +193,21 @@ def run_local(
 @scale_option
 @out_option
 @quiet_option
+@metrics_option
 @click.option("-v", "--verbose", is_flag=True)
 def run_command(
-    scenario: str, agents: int, scale: float, out_dir: Path | None, quiet: bool, verbose: bool
+    scenario: str,
+    agents: int,
+    scale: float,
+    out_dir: Path | None,
+    quiet: bool,
+    metrics_port: str,
+    verbose: bool,
 ) -> None:
     """Run SCENARIO with a local coordinator and local agent processes."""
     import os
 
     parsed = _load(scenario, scale)
     count = agents if agents > 0 else (os.cpu_count() or 1)
-    sys.exit(run_local(parsed, count, out_dir, quiet, verbose))
+    metrics = _metrics(metrics_port, "127.0.0.1")
+    sys.exit(run_local(parsed, count, out_dir, quiet, verbose, metrics))

@@ -17,6 +17,7 @@ import msgpack
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+
 from loadctl.protocol import messages
 from loadctl.protocol.codec import (
     MAX_FRAME_BYTES,
@@ -105,6 +106,16 @@ def strategy_for(tp: Any) -> st.SearchStrategy[Any]:
         return st.binary(max_size=30)
     if tp is bool:
         return st.booleans()
+    if tp is Share:  # a Share validates itself: only well-formed ones can be built
+        return (
+            st.lists(st.integers(0, 5), min_size=1, max_size=6)
+            .filter(sum)
+            .flatmap(
+                lambda w: st.builds(
+                    Share, st.integers(0, 2**40), st.just(tuple(w)), st.integers(0, len(w) - 1)
+                )
+            )
+        )
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         hints = typing.get_type_hints(tp)
         fields = {f.name: strategy_for(hints[f.name]) for f in dataclasses.fields(tp)}

@@ -1,0 +1,334 @@
+"""CPU per request of the agent's HTTP engines, against wrk as the reference.
+
+Starts its own nginx (1 worker, 127.0.0.1 on a free port, `return 200 "ok"`,
+no access log; pinned to core 1 when `taskset` and a second core exist),
+then for each engine runs a closed loop of 64 concurrent requests for ~5 s
+in a fresh Python process pinned to core 0, and wrk (`-t1 -c64 -d5s`)
+pinned to core 0 the same way. Each measurement is the median of 3 runs.
+CPU is user + system time of the client process: `getrusage(RUSAGE_SELF)`
+over the measured window for the engines, `wait4`'s rusage of the whole wrk
+process for wrk (so wrk's start-up is counted against it; a few ms in 5 s).
+
+Without nginx, the target is an aiohttp server; without wrk, no reference.
+Prints figures only; nothing here asserts. All load goes to 127.0.0.1 and
+stops after the given duration.
+
+    python bench/engine_bench.py [--duration 5] [--runs 3] [--concurrency 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+NGINX = "/usr/sbin/nginx"
+WRK = "/usr/bin/wrk"
+TARGETS = {"fast_cpu_ratio_to_wrk": 1.2, "aiohttp_us_per_request": 60.0}
+
+
+# -- the measured client (runs in its own process) -----------------------------
+
+
+async def _closed_loop(
+    engine: str, url: str, duration: float, concurrency: int
+) -> dict[str, float]:
+    from loadctl.agent.engines import make_client
+    from loadctl.agent.http import Endpoint, HttpRequest, SendError
+
+    parts = url.split("/", 3)
+    endpoint = Endpoint.parse("/".join(parts[:3]))
+    if endpoint.host not in ("127.0.0.1", "localhost"):
+        raise SystemExit("the bench only sends load to 127.0.0.1")
+    request = HttpRequest(endpoint, "GET", "/" + (parts[3] if len(parts) > 3 else ""))
+    client = make_client(engine, concurrency)
+    counts = {"ok": 0, "errors": 0}
+    running = True
+
+    async def user() -> None:
+        send = client.send
+        while running:
+            try:
+                reply = await send(request, 5.0)
+            except SendError:
+                counts["errors"] += 1
+            else:
+                if reply.status == 200:
+                    counts["ok"] += 1
+                else:
+                    counts["errors"] += 1
+
+    # warm up: connections made, caches filled
+    users = [asyncio.ensure_future(user()) for _ in range(concurrency)]
+    await asyncio.sleep(0.5)
+    counts["ok"] = counts["errors"] = 0
+    usage0 = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.perf_counter()
+    await asyncio.sleep(duration)
+    running = False
+    await asyncio.gather(*users)
+    wall = time.perf_counter() - started
+    usage1 = resource.getrusage(resource.RUSAGE_SELF)
+    await client.close()
+    return {
+        "requests": counts["ok"],
+        "errors": counts["errors"],
+        "wall": wall,
+        "user": usage1.ru_utime - usage0.ru_utime,
+        "sys": usage1.ru_stime - usage0.ru_stime,
+    }
+
+
+def worker_main(engine: str, url: str, duration: float, concurrency: int) -> None:
+    import uvloop
+
+    result = uvloop.run(_closed_loop(engine, url, duration, concurrency))
+    print(json.dumps(result))
+
+
+# -- the driver ---------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    requests: int
+    errors: int
+    wall: float
+    user: float
+    sys: float
+
+    @property
+    def cpu(self) -> float:
+        return self.user + self.sys
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.wall
+
+    @property
+    def us_per_request(self) -> float:
+        return self.cpu / max(self.requests, 1) * 1e6
+
+
+def pin(core: int) -> list[str]:
+    taskset = shutil.which("taskset")
+    if taskset is None or (os.cpu_count() or 1) <= core:
+        return []
+    return [taskset, "-c", str(core)]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the target exited early (code {proc.returncode})")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"the target did not listen on 127.0.0.1:{port}")
+
+
+def start_nginx(tmp: Path, port: int) -> subprocess.Popen[bytes]:
+    for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (tmp / sub).mkdir()
+    conf = tmp / "nginx.conf"
+    conf.write_text(
+        textwrap.dedent(
+            f"""
+            worker_processes 1;
+            daemon off;
+            pid {tmp}/nginx.pid;
+            error_log {tmp}/error.log warn;
+            events {{ worker_connections 4096; }}
+            http {{
+                access_log off;
+                keepalive_requests 10000000;
+                client_body_temp_path {tmp}/client_body;
+                proxy_temp_path {tmp}/proxy;
+                fastcgi_temp_path {tmp}/fastcgi;
+                uwsgi_temp_path {tmp}/uwsgi;
+                scgi_temp_path {tmp}/scgi;
+                server {{
+                    listen 127.0.0.1:{port};
+                    location / {{ return 200 "ok"; }}
+                }}
+            }}
+            """
+        )
+    )
+    return subprocess.Popen(
+        [*pin(1), NGINX, "-p", str(tmp), "-c", str(conf), "-e", f"{tmp}/error.log"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+AIOHTTP_SERVER = """
+import sys
+from aiohttp import web
+async def ok(request):
+    return web.Response(text="ok")
+app = web.Application()
+app.router.add_get("/", ok)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+"""
+
+
+def start_aiohttp(port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [*pin(1), sys.executable, "-c", AIOHTTP_SERVER, str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def run_engine(engine: str, url: str, duration: float, concurrency: int) -> Run:
+    cmd = [*pin(0), sys.executable, os.path.abspath(__file__), "--worker", engine, "--url", url]
+    cmd += ["--duration", str(duration), "--concurrency", str(concurrency)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=duration + 60)
+    data = json.loads(out.stdout.strip().splitlines()[-1])
+    return Run(int(data["requests"]), int(data["errors"]), data["wall"], data["user"], data["sys"])
+
+
+def run_wrk(url: str, duration: float, concurrency: int) -> Run:
+    cmd = [*pin(0), WRK, "-t1", f"-c{concurrency}", f"-d{duration:g}s", url]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    output = proc.stdout.read().decode()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    match = re.search(r"(\d+) requests in ([\d.]+)(m?s)", output)
+    if proc.returncode != 0 or match is None:
+        raise SystemExit(f"wrk failed:\n{output}")
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    measured = float(match.group(2)) / (1000 if match.group(3) == "ms" else 1)
+    return Run(
+        int(match.group(1)),
+        int(errors.group(1)) if errors else 0,
+        measured,
+        usage.ru_utime,
+        usage.ru_stime,
+    )
+
+
+def median_run(runs: list[Run]) -> Run:
+    """The run with the median CPU per request (its RPS is reported with it)."""
+    return sorted(runs, key=lambda r: r.us_per_request)[len(runs) // 2]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--engines", default="fast,aiohttp")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker_main(args.worker, args.url, args.duration, args.concurrency)
+        return
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    with tempfile.TemporaryDirectory(prefix="loadctl-bench-") as tmp:
+        if os.access(NGINX, os.X_OK):
+            target, proc = "nginx (1 worker)", start_nginx(Path(tmp), port)
+        else:
+            print(f"{NGINX} not found: the target is an aiohttp server instead")
+            target, proc = "aiohttp server", start_aiohttp(port)
+        try:
+            wait_for_port(port, proc)
+            report(url, target, args)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def report(url: str, target: str, args: argparse.Namespace) -> None:
+    cores = os.cpu_count() or 1
+    pinned = "client on core 0, target on core 1" if pin(1) else "not pinned (no taskset or 1 core)"
+    print(f"target: {target} at {url}; {pinned}")
+    print(
+        f"closed loop, {args.concurrency} concurrent, {args.duration:g} s, "
+        f"median of {args.runs} interleaved rounds, {cores} cores, "
+        f"load average {os.getloadavg()[0]:.2f}\n"
+    )
+    names = [e.strip() for e in args.engines.split(",") if e.strip()]
+    if os.access(WRK, os.X_OK):
+        names.append("wrk")
+    else:
+        print(f"{WRK} not found: no wrk reference, no ratios")
+    # Rounds interleave the clients, so that a change in the machine's load
+    # during the bench touches all of them alike.
+    all_runs: dict[str, list[Run]] = {name: [] for name in names}
+    for round_ in range(args.runs):
+        for name in names:
+            if name == "wrk":
+                run = run_wrk(url, args.duration, args.concurrency)
+            else:
+                run = run_engine(name, url, args.duration, args.concurrency)
+            all_runs[name].append(run)
+            print(
+                f"  round {round_ + 1} {name:<8} {run.rps:>8.0f} RPS "
+                f"{run.us_per_request:>7.1f} µs/req",
+                flush=True,
+            )
+    results = {name: median_run(runs) for name, runs in all_runs.items()}
+
+    wrk = results.get("wrk")
+    print()
+    header = (
+        f"{'client':<10}{'RPS':>10}{'CPU µs/req':>12}{'user':>7}{'sys':>7}"
+        f"{'CPU use':>9}{'errors':>8}"
+    )
+    if wrk:
+        header += f"{'CPU/req ÷ wrk':>15}{'RPS ÷ wrk':>11}"
+    print(header)
+    print("-" * len(header))
+    for name, run in results.items():
+        line = (
+            f"{name:<10}{run.rps:>10.0f}{run.us_per_request:>12.1f}"
+            f"{run.user / run.requests * 1e6:>7.1f}{run.sys / run.requests * 1e6:>7.1f}"
+            f"{run.cpu / run.wall:>8.0%} {run.errors:>8d}"
+        )
+        if wrk:
+            line += f"{run.us_per_request / wrk.us_per_request:>15.2f}{run.rps / wrk.rps:>11.2f}"
+        print(line)
+    print()
+    if wrk and "fast" in results:
+        ratio = results["fast"].us_per_request / wrk.us_per_request
+        goal = TARGETS["fast_cpu_ratio_to_wrk"]
+        print(f"fast engine: {ratio:.2f} × wrk's CPU per request (target ≤ {goal})")
+    if "aiohttp" in results:
+        us = results["aiohttp"].us_per_request
+        goal = TARGETS["aiohttp_us_per_request"]
+        print(f"aiohttp engine: {us:.1f} µs CPU per request (target ≤ {goal:g})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,760 @@
+"""Both HTTP engines against real servers on 127.0.0.1.
+
+A real aiohttp.web server (plain and TLS) and a scripted raw TCP server (for
+replies aiohttp would never send: 1xx, EOF-delimited bodies, replies cut
+short, connections dropped before replying) run on a background thread; the
+clients run in uvloop in the test thread. Every load here is bounded and
+local.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import uvloop
+from aiohttp import web
+
+from loadctl.agent.engine_fast import FastClient, serialise_request
+from loadctl.agent.engines import ENGINES, choose_engine, make_client
+from loadctl.agent.http import (
+    ConnectFailed,
+    Endpoint,
+    HttpClient,
+    HttpRequest,
+    Reply,
+    RequestTimeout,
+    SendError,
+    outcome_of_status,
+)
+
+T = TypeVar("T")
+
+
+def payload(n: int) -> bytes:
+    """n deterministic bytes."""
+    block = bytes(range(256))
+    return (block * (n // 256 + 1))[:n]
+
+
+# -- the servers -------------------------------------------------------------
+
+
+@dataclass
+class Servers:
+    http: Endpoint
+    https: Endpoint | None
+    https_ca: str | None
+    raw: Endpoint
+    # per X-Test header value: the client ports seen, and the request count
+    peers: dict[str, set[int]]
+    requests: dict[str, int]
+
+
+def _app(peers: dict[str, set[int]], requests: dict[str, int]) -> web.Application:
+    @web.middleware
+    async def count(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        test = request.headers.get("X-Test")
+        if test is not None:
+            peer = request.transport.get_extra_info("peername") if request.transport else None
+            if peer is not None:
+                peers[test].add(peer[1])
+            requests[test] += 1
+        return await handler(request)
+
+    async def echo(request: web.Request) -> web.Response:
+        body = await request.read()
+        return web.Response(
+            body=body,
+            headers={
+                "X-Method": request.method,
+                "X-Path": request.path_qs,
+                "X-Headers": json.dumps({k.lower(): v for k, v in request.headers.items()}),
+            },
+        )
+
+    async def status(request: web.Request) -> web.Response:
+        code = int(request.match_info["code"])
+        return web.Response(status=code, body=None if code in (204, 304) else b"status")
+
+    async def sized(request: web.Request) -> web.Response:
+        return web.Response(body=payload(int(request.match_info["n"])))
+
+    async def chunked(request: web.Request) -> web.StreamResponse:
+        n = int(request.match_info["n"])
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        data = payload(n)
+        for i in range(0, n, 1000):
+            await resp.write(data[i : i + 1000])
+        await resp.write_eof()
+        return resp
+
+    async def close(request: web.Request) -> web.Response:
+        resp = web.Response(body=b"bye")
+        resp.force_close()  # "Connection: close", then the server closes
+        return resp
+
+    async def sleep(request: web.Request) -> web.Response:
+        await asyncio.sleep(float(request.match_info["seconds"]))
+        return web.Response(body=b"late")
+
+    async def set_cookie(request: web.Request) -> web.Response:
+        resp = web.Response(body=b"set")
+        resp.set_cookie("session", request.match_info["value"])
+        return resp
+
+    async def get_cookie(request: web.Request) -> web.Response:
+        return web.Response(text=request.cookies.get("session", "-"))
+
+    async def redirect(request: web.Request) -> web.Response:
+        raise web.HTTPFound("/bytes/10")
+
+    app = web.Application(middlewares=[count], client_max_size=8 << 20)
+    app.router.add_route("*", "/echo", echo)
+    app.router.add_get("/status/{code}", status)
+    app.router.add_get("/bytes/{n}", sized)
+    app.router.add_get("/chunked/{n}", chunked)
+    app.router.add_get("/close", close)
+    app.router.add_get("/sleep/{seconds}", sleep)
+    app.router.add_get("/cookie/set/{value}", set_cookie)
+    app.router.add_get("/cookie/get", get_cookie)
+    app.router.add_get("/redirect", redirect)
+    return app
+
+
+# Scripted replies for the raw server, by path. "drop-second" replies to the
+# first request of each connection and drops the connection at the second.
+RAW_REPLIES: dict[str, bytes] = {
+    "/continue": (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+    "/eof": b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + payload(3000),
+    "/cut": b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + payload(10),
+    "/cut-chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n0123",
+    "/garbage": b"NOT HTTP AT ALL\r\n\r\n",
+    "/drop-second": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    "/idle-408": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+}
+CLOSE_AFTER = {"/eof", "/cut", "/cut-chunked", "/garbage"}
+
+
+async def _raw_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    served = 0
+    try:
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            lines = head.decode("latin-1").split("\r\n")
+            path = lines[0].split(" ")[1]
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                if name.lower() == "content-length" and int(value):
+                    await reader.readexactly(int(value))
+            served += 1
+            if path == "/noreply" or (path == "/drop-second" and served > 1):
+                return
+            writer.write(RAW_REPLIES[path])
+            await writer.drain()
+            if path in CLOSE_AFTER:
+                return
+            if path == "/idle-408":  # as nginx does to an idle keep-alive connection
+                await asyncio.sleep(0.05)
+                writer.write(b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n\r\n")
+                return
+    finally:
+        writer.close()
+
+
+def _make_cert(directory: Path) -> tuple[str, str] | None:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        return None
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            *(openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"),
+            *("-addext", "subjectAltName=IP:127.0.0.1"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return str(cert), str(key)
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    peers: dict[str, set[int]] = defaultdict(set)
+    requests: dict[str, int] = defaultdict(int)
+    cert = _make_cert(tmp_path_factory.mktemp("tls"))
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    found: dict[str, Any] = {}
+    stop = asyncio.Event()
+
+    async def serve() -> None:
+        runner = web.AppRunner(_app(peers, requests), shutdown_timeout=0.1)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        found["http"] = runner.addresses[0][1]
+        if cert is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(*cert)
+            tls = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+            await tls.start()
+            found["https"] = runner.addresses[1][1]
+        raw = await asyncio.start_server(_raw_conn, "127.0.0.1", 0)
+        found["raw"] = raw.sockets[0].getsockname()[1]
+        ready.set()
+        await stop.wait()
+        raw.close()
+        await runner.cleanup()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    assert ready.wait(10), "test servers did not start"
+    yield Servers(
+        http=Endpoint("http", "127.0.0.1", found["http"]),
+        https=Endpoint("https", "127.0.0.1", found["https"]) if cert else None,
+        https_ca=cert[0] if cert else None,
+        raw=Endpoint("http", "127.0.0.1", found["raw"]),
+        peers=peers,
+        requests=requests,
+    )
+    loop.call_soon_threadsafe(stop.set)
+    thread.join(10)
+
+
+# -- helpers -----------------------------------------------------------------
+
+
+def run(factory: Callable[[], Awaitable[T]]) -> T:
+    async def main() -> T:
+        return await factory()
+
+    return uvloop.run(main())
+
+
+def with_client(
+    engine: str,
+    body: Callable[[HttpClient], Awaitable[T]],
+    max_connections: int = 16,
+    **kwargs: Any,
+) -> T:
+    async def main() -> T:
+        client = make_client(engine, max_connections, **kwargs)
+        try:
+            return await asyncio.wait_for(body(client), 60)
+        finally:
+            await client.close()
+
+    return run(main)
+
+
+def wire_size(endpoint: Endpoint, path: str) -> int:
+    """Bytes of the server's reply to a GET, as read off a plain socket."""
+    with socket.create_connection((endpoint.host, endpoint.port), timeout=5) as sock:
+        sock.sendall(serialise_request(HttpRequest(endpoint, "GET", path)))
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536)
+        head, _, rest = data.partition(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        while len(rest) < length:
+            rest += sock.recv(65536)
+        return len(head) + 4 + length
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def header(reply: Reply, name: str) -> str | None:
+    return next((v for k, v in reply.headers if k.lower() == name.lower()), None)
+
+
+engines = pytest.mark.parametrize("engine", ENGINES)
+
+
+# -- both engines ------------------------------------------------------------
+
+
+@engines
+def test_get_and_post_echo_headers_and_body(servers: Servers, engine: str) -> None:
+    async def body(client: HttpClient) -> tuple[Reply, Reply]:
+        get = HttpRequest(
+            servers.http, "GET", "/echo?x=1", headers=(("X-Custom", "yes"),), want_body=True
+        )
+        post = HttpRequest(
+            servers.http,
+            "POST",
+            "/echo",
+            headers=(("Content-Type", "application/json"),),
+            body=b'{"a": 1}',
+            want_body=True,
+        )
+        return await client.send(get, 5), await client.send(post, 5)
+
+    get, post = with_client(engine, body)
+    assert get.status == 200 and get.body == b""
+    assert header(get, "X-Method") == "GET" and header(get, "X-Path") == "/echo?x=1"
+    sent = json.loads(header(get, "X-Headers") or "{}")
+    assert sent["x-custom"] == "yes"
+    assert sent["host"] == servers.http.authority
+    assert sent["user-agent"].startswith("loadctl/")
+    assert post.status == 200 and post.body == b'{"a": 1}'
+    assert header(post, "X-Method") == "POST"
+    sent = json.loads(header(post, "X-Headers") or "{}")
+    assert sent["content-type"] == "application/json" and sent["content-length"] == "8"
+    assert post.bytes_in > len(post.body)
+
+
+@engines
+def test_status_classes(servers: Servers, engine: str) -> None:
+    codes = [200, 201, 204, 301, 304, 404, 418, 500, 503]
+
+    async def body(client: HttpClient) -> list[Reply]:
+        return [
+            await client.send(HttpRequest(servers.http, "GET", f"/status/{c}"), 5) for c in codes
+        ]
+
+    replies = with_client(engine, body)
+    assert [r.status for r in replies] == codes
+    assert [outcome_of_status(r.status) for r in replies] == [
+        "2xx", "2xx", "2xx", "3xx", "3xx", "4xx", "4xx", "5xx", "5xx"
+    ]  # fmt: skip
+
+
+@engines
+def test_content_length_and_chunked_replies(servers: Servers, engine: str) -> None:
+    async def body(client: HttpClient) -> list[Reply]:
+        out = []
+        for path in ("/bytes/0", "/bytes/5000", "/chunked/5000", "/chunked/0"):
+            out.append(await client.send(HttpRequest(servers.http, "GET", path, want_body=True), 5))
+            out.append(await client.send(HttpRequest(servers.http, "GET", path), 5))
+        return out
+
+    replies = with_client(engine, body)
+    assert all(r.status == 200 for r in replies)
+    empty, empty_lean, sized, sized_lean, chunked, chunked_lean, chunked0, _ = replies
+    assert empty.body == b"" and empty.bytes_in == empty_lean.bytes_in
+    assert sized.body == payload(5000) and sized_lean.body == b"" and sized_lean.headers == []
+    assert sized.bytes_in == sized_lean.bytes_in == wire_size(servers.http, "/bytes/5000")
+    assert header(chunked, "Transfer-Encoding") == "chunked"
+    assert chunked.body == payload(5000) and chunked_lean.bytes_in == chunked.bytes_in
+    assert chunked.bytes_in > 5000 and chunked0.body == b""
+
+
+@engines
+def test_head_has_no_body_and_the_connection_stays_usable(servers: Servers, engine: str) -> None:
+    test = f"head-{engine}"
+
+    async def body(client: HttpClient) -> list[Reply]:
+        head = HttpRequest(servers.http, "HEAD", "/bytes/100", headers=(("X-Test", test),))
+        head_full = HttpRequest(
+            servers.http, "HEAD", "/bytes/100", headers=(("X-Test", test),), want_body=True
+        )
+        get = HttpRequest(
+            servers.http, "GET", "/bytes/100", headers=(("X-Test", test),), want_body=True
+        )
+        return [await client.send(r, 5) for r in (head, get, head_full, get, head, get)]
+
+    replies = with_client(engine, body, max_connections=1)
+    assert [r.status for r in replies] == [200] * 6
+    assert replies[2].body == b"" and header(replies[2], "Content-Length") == "100"
+    assert replies[1].body == replies[3].body == replies[5].body == payload(100)
+    assert replies[0].bytes_in == replies[2].bytes_in == replies[4].bytes_in
+    assert replies[0].bytes_in <= replies[1].bytes_in - 100  # the head only
+    assert len(servers.peers[test]) == 1  # one keep-alive connection throughout
+
+
+@engines
+def test_server_closed_keep_alive_then_more_requests(servers: Servers, engine: str) -> None:
+    test = f"close-{engine}"
+    headers = (("X-Test", test),)
+
+    async def body(client: HttpClient) -> list[Reply]:
+        close = HttpRequest(servers.http, "GET", "/close", headers=headers, want_body=True)
+        get = HttpRequest(servers.http, "GET", "/bytes/10", headers=headers)
+        out = []
+        for _ in range(5):
+            out.append(await client.send(close, 5))
+            out.append(await client.send(get, 5))
+            out.append(await client.send(get, 5))
+        return out
+
+    replies = with_client(engine, body, max_connections=2)
+    assert [r.status for r in replies] == [200] * 15
+    assert all(r.body == b"bye" for r in replies[::3])
+    assert all(header(r, "Connection") == "close" for r in replies[::3])
+    assert servers.requests[test] == 15
+    # each "Connection: close" costs a connection; the GETs after it share one
+    assert len(servers.peers[test]) == 6
+
+
+@engines
+def test_timeout_then_the_pool_still_works(servers: Servers, engine: str) -> None:
+    async def body(client: HttpClient) -> tuple[float, list[Reply]]:
+        slow = HttpRequest(servers.http, "GET", "/sleep/2")
+        started = time.monotonic()
+        with pytest.raises(RequestTimeout):
+            await client.send(slow, 0.3)
+        elapsed = time.monotonic() - started
+        # several at once, with a pool of 2: all time out, none leaks a slot
+        results = await asyncio.gather(
+            *(client.send(slow, 0.2) for _ in range(4)), return_exceptions=True
+        )
+        assert all(isinstance(r, RequestTimeout) for r in results)
+        fast = HttpRequest(servers.http, "GET", "/bytes/10")
+        return elapsed, list(await asyncio.gather(*(client.send(fast, 5) for _ in range(20))))
+
+    elapsed, replies = with_client(engine, body, max_connections=2)
+    assert 0.25 <= elapsed < 1.9  # the server answers at 2 s
+    assert all(r.status == 200 for r in replies)
+
+
+@engines
+def test_connection_refused_is_a_connect_error(servers: Servers, engine: str) -> None:
+    closed = Endpoint("http", "127.0.0.1", free_port())
+
+    async def body(client: HttpClient) -> Reply:
+        for _ in range(3):  # failures must not leak pool slots (limit is 1)
+            with pytest.raises(ConnectFailed):
+                await client.send(HttpRequest(closed, "GET", "/"), 5)
+        return await client.send(HttpRequest(servers.http, "GET", "/bytes/1"), 5)
+
+    assert with_client(engine, body, max_connections=1).status == 200
+
+
+@engines
+def test_keep_alive_connections_are_reused(servers: Servers, engine: str) -> None:
+    test = f"reuse-{engine}"
+    request = HttpRequest(servers.http, "GET", "/bytes/10", headers=(("X-Test", test),))
+
+    async def body(client: HttpClient) -> None:
+        for _ in range(50):
+            await client.send(request, 5)
+
+        async def worker() -> None:
+            for _ in range(25):
+                await client.send(request, 5)
+
+        await asyncio.gather(*(worker() for _ in range(8)))
+
+    with_client(engine, body, max_connections=4)
+    assert servers.requests[test] == 250
+    assert 1 <= len(servers.peers[test]) <= 4
+
+
+@engines
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_thousand_requests_32_concurrent(servers: Servers, engine: str, loop: str) -> None:
+    test = f"bulk-{engine}-{loop}"
+    request = HttpRequest(servers.http, "GET", "/bytes/100", headers=(("X-Test", test),))
+    expected = wire_size(servers.http, "/bytes/100")
+    replies: list[Reply] = []
+
+    async def main() -> None:
+        client = make_client(engine, 32)
+        queue = iter(range(1000))
+
+        async def worker() -> None:
+            for _ in queue:
+                replies.append(await client.send(request, 10))
+
+        try:
+            await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(32))), 60)
+        finally:
+            await client.close()
+
+    if loop == "uvloop":
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
+    assert len(replies) == 1000
+    assert all(r.status == 200 and r.bytes_in == expected for r in replies)
+    assert servers.requests[test] == 1000
+    assert len(servers.peers[test]) <= 32
+
+
+@engines
+def test_large_bodies(servers: Servers, engine: str) -> None:
+    big = payload(1 << 20)
+
+    async def body(client: HttpClient) -> tuple[Reply, Reply, Reply]:
+        down = await client.send(
+            HttpRequest(servers.http, "GET", f"/bytes/{1 << 20}", want_body=True), 10
+        )
+        lean = await client.send(HttpRequest(servers.http, "GET", f"/bytes/{1 << 20}"), 10)
+        up = await client.send(
+            HttpRequest(servers.http, "POST", "/echo", body=big, want_body=True), 10
+        )
+        return down, lean, up
+
+    down, lean, up = with_client(engine, body)
+    assert down.body == big and lean.body == b""
+    assert down.bytes_in == lean.bytes_in == wire_size(servers.http, f"/bytes/{1 << 20}")
+    assert up.status == 200 and up.body == big
+
+
+@engines
+def test_want_body_returns_headers_and_body(servers: Servers, engine: str) -> None:
+    async def body(client: HttpClient) -> tuple[Reply, Reply]:
+        full = await client.send(HttpRequest(servers.http, "GET", "/bytes/64", want_body=True), 5)
+        lean = await client.send(HttpRequest(servers.http, "GET", "/bytes/64"), 5)
+        return full, lean
+
+    full, lean = with_client(engine, body)
+    assert full.body == payload(64) and header(full, "Content-Length") == "64"
+    assert header(full, "Server") is not None
+    assert lean.headers == [] and lean.body == b"" and lean.bytes_in == full.bytes_in
+
+
+@engines
+def test_informational_reply_is_skipped(servers: Servers, engine: str) -> None:
+    async def body(client: HttpClient) -> Reply:
+        return await client.send(HttpRequest(servers.raw, "GET", "/continue", want_body=True), 5)
+
+    reply = with_client(engine, body)
+    assert reply.status == 200 and reply.body == b"ok"
+
+
+@engines
+def test_body_ending_at_eof(servers: Servers, engine: str) -> None:
+    async def body(client: HttpClient) -> list[Reply]:
+        return [
+            await client.send(HttpRequest(servers.raw, "GET", "/eof", want_body=True), 5)
+            for _ in range(3)
+        ]
+
+    replies = with_client(engine, body, max_connections=1)
+    assert all(r.status == 200 and r.body == payload(3000) for r in replies)
+
+
+@engines
+@pytest.mark.parametrize("path", ["/cut", "/cut-chunked", "/garbage"])
+def test_reply_cut_short_or_garbled_is_an_error(servers: Servers, engine: str, path: str) -> None:
+    async def body(client: HttpClient) -> Reply:
+        with pytest.raises(SendError) as caught:
+            await client.send(HttpRequest(servers.raw, "GET", path), 5)
+        assert type(caught.value) is SendError  # "error", neither timeout nor connect_error
+        return await client.send(HttpRequest(servers.http, "GET", "/bytes/1"), 5)
+
+    assert with_client(engine, body, max_connections=1).status == 200
+
+
+@engines
+def test_closed_without_reply_is_a_connect_error(servers: Servers, engine: str) -> None:
+    async def body(client: HttpClient) -> None:
+        with pytest.raises(ConnectFailed):
+            await client.send(HttpRequest(servers.raw, "GET", "/noreply"), 5)
+
+    with_client(engine, body, max_connections=1)
+
+
+@engines
+def test_idle_connection_closed_by_the_server(servers: Servers, engine: str) -> None:
+    # The server sends an unsolicited 408 on the idle connection and closes it.
+    async def body(client: HttpClient) -> list[Reply]:
+        replies = []
+        for method in ("GET", "POST", "GET"):
+            replies.append(await client.send(HttpRequest(servers.raw, method, "/idle-408"), 5))
+            await asyncio.sleep(0.2)
+        return replies
+
+    replies = with_client(engine, body, max_connections=1)
+    assert [r.status for r in replies] == [200] * 3
+
+
+@engines
+def test_stale_keep_alive_retried_for_idempotent_only(servers: Servers, engine: str) -> None:
+    # /drop-second answers the first request of a connection and drops the
+    # connection, unanswered, at the second: a keep-alive race, every time.
+    async def body(client: HttpClient) -> list[Reply]:
+        get = HttpRequest(servers.raw, "GET", "/drop-second")
+        post = HttpRequest(servers.raw, "POST", "/drop-second", body=b"x")
+        replies = [await client.send(get, 5) for _ in range(4)]  # each retried once
+        with pytest.raises(ConnectFailed):
+            await client.send(post, 5)  # not idempotent: never resent
+        return replies
+
+    replies = with_client(engine, body, max_connections=1)
+    assert [r.status for r in replies] == [200] * 4
+
+
+@engines
+def test_https_with_a_self_signed_certificate(servers: Servers, engine: str) -> None:
+    if servers.https is None or servers.https_ca is None:
+        pytest.skip("the openssl command is not installed: no self-signed certificate for TLS")
+    https = servers.https
+    context = ssl.create_default_context(cafile=servers.https_ca)
+
+    async def body(client: HttpClient) -> list[Reply]:
+        request = HttpRequest(https, "GET", "/bytes/2000", want_body=True)
+        return list(await asyncio.gather(*(client.send(request, 5) for _ in range(20))))
+
+    replies = with_client(engine, body, max_connections=4, ssl_context=context)
+    assert all(r.status == 200 and r.body == payload(2000) for r in replies)
+
+    async def untrusted(client: HttpClient) -> None:
+        with pytest.raises(ConnectFailed):
+            await client.send(HttpRequest(https, "GET", "/bytes/1"), 5)
+
+    with_client(engine, untrusted)  # the default context does not trust the certificate
+
+
+@engines
+def test_cancelled_send_frees_its_connection(servers: Servers, engine: str) -> None:
+    async def body(client: HttpClient) -> Reply:
+        task = asyncio.ensure_future(client.send(HttpRequest(servers.http, "GET", "/sleep/2"), 5))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return await client.send(HttpRequest(servers.http, "GET", "/bytes/1"), 5)
+
+    assert with_client(engine, body, max_connections=1).status == 200
+
+
+@engines
+def test_pool_limit_queues_requests(servers: Servers, engine: str) -> None:
+    test = f"limit-{engine}"
+    request = HttpRequest(servers.http, "GET", "/sleep/0.05", headers=(("X-Test", test),))
+
+    async def body(client: HttpClient) -> list[Reply]:
+        return list(await asyncio.gather(*(client.send(request, 10) for _ in range(12))))
+
+    replies = with_client(engine, body, max_connections=3)
+    assert [r.status for r in replies] == [200] * 12
+    assert len(servers.peers[test]) <= 3
+
+
+@engines
+def test_one_pool_limit_across_endpoints(servers: Servers, engine: str) -> None:
+    # With one connection for two endpoints, each request must take over the
+    # slot of the other endpoint's idle or busy connection.
+    async def body(client: HttpClient) -> list[Reply]:
+        a = HttpRequest(servers.http, "GET", "/bytes/10")
+        b = HttpRequest(servers.raw, "GET", "/continue")
+        sequential = [await client.send(r, 5) for r in (a, b, a, b)]
+        concurrent = await asyncio.gather(*(client.send(r, 5) for r in (a, b) * 10))
+        return sequential + list(concurrent)
+
+    replies = with_client(engine, body, max_connections=1)
+    assert len(replies) == 24 and all(r.status == 200 for r in replies)
+
+
+# -- engine-specific ---------------------------------------------------------
+
+
+def test_aiohttp_cookies_and_redirects(servers: Servers) -> None:
+    async def body(client: HttpClient) -> tuple[Reply, Reply, Reply]:
+        await client.send(HttpRequest(servers.http, "GET", "/cookie/set/abc"), 5)
+        cookie = await client.send(
+            HttpRequest(servers.http, "GET", "/cookie/get", want_body=True), 5
+        )
+        followed = await client.send(
+            HttpRequest(servers.http, "GET", "/redirect", want_body=True, follow_redirects=True), 5
+        )
+        not_followed = await client.send(HttpRequest(servers.http, "GET", "/redirect"), 5)
+        return cookie, followed, not_followed
+
+    cookie, followed, not_followed = with_client("aiohttp", body, cookies=True)
+    assert cookie.body == b"abc"
+    assert followed.status == 200 and followed.body == payload(10)
+    assert not_followed.status == 302
+
+    async def jarless(client: HttpClient) -> Reply:
+        await client.send(HttpRequest(servers.http, "GET", "/cookie/set/abc"), 5)
+        return await client.send(HttpRequest(servers.http, "GET", "/cookie/get", want_body=True), 5)
+
+    assert with_client("aiohttp", jarless).body == b"-"  # no jar unless asked for
+
+
+def test_fast_engine_refuses_redirects_loudly(servers: Servers) -> None:
+    async def body(client: HttpClient) -> None:
+        with pytest.raises(SendError, match="redirects"):
+            await client.send(
+                HttpRequest(servers.http, "GET", "/redirect", follow_redirects=True), 5
+            )
+
+    with_client("fast", body)
+    with pytest.raises(ValueError, match="cookies"):
+        make_client("fast", 4, cookies=True)
+
+
+def test_fast_timed_out_connection_is_not_reused(servers: Servers) -> None:
+    async def main() -> tuple[int, int]:
+        client = FastClient(1)
+        try:
+            await client.send(HttpRequest(servers.http, "GET", "/bytes/1"), 5)
+            before = client.connections
+            with pytest.raises(RequestTimeout):
+                await client.send(HttpRequest(servers.http, "GET", "/sleep/2"), 0.1)
+            await asyncio.sleep(0.05)
+            return before, client.connections
+        finally:
+            await client.close()
+
+    assert run(main) == (1, 0)
+
+
+def test_fast_request_serialisation() -> None:
+    ep = Endpoint.parse("http://example.test:8080")
+    wire = serialise_request(
+        HttpRequest(
+            ep, "post", "/a b?q=é", headers=(("X-A", "1"), ("content-length", "99")), body=b"hi"
+        )
+    )
+    head, _, body = wire.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"POST /a%20b?q=%C3%A9 HTTP/1.1"
+    assert b"Host: example.test:8080" in lines and b"X-A: 1" in lines
+    assert b"Content-Length: 2" in lines and b"content-length: 99" not in lines
+    assert body == b"hi"
+    assert b"Content-Length" not in serialise_request(HttpRequest(ep, "GET", "/"))
+    with pytest.raises(SendError):
+        serialise_request(HttpRequest(ep, "GET", "/", headers=(("X-Bad", "a\r\nInjected: 1"),)))
+
+
+# -- choosing and making engines -----------------------------------------------
+
+
+def test_choose_engine() -> None:
+    assert choose_engine(None, False, False) == ("fast", None)
+    assert choose_engine("auto", False, False) == ("fast", None)
+    assert choose_engine("fast", False, False) == ("fast", None)
+    assert choose_engine("aiohttp", False, False) == ("aiohttp", None)
+    assert choose_engine(None, True, False) == ("aiohttp", None)
+    assert choose_engine("aiohttp", True, True) == ("aiohttp", None)
+    engine, note = choose_engine("fast", True, True)
+    assert engine == "aiohttp" and note is not None
+    assert "cookies" in note and "redirects" in note
+    engine, note = choose_engine("fast", False, True)
+    assert engine == "aiohttp" and note is not None and "cookies" not in note
+    with pytest.raises(ValueError, match="unknown HTTP engine"):
+        choose_engine("curl", False, False)
+    with pytest.raises(ValueError, match="unknown HTTP engine"):
+        make_client("curl", 4)
