@@ -56,7 +56,10 @@ def _table(title: str) -> Table:
 
 
 def print_summary(result: dict[str, Any], console: Console | None = None) -> None:
-    console = console or Console()
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # a pipe or a CI log: wide enough that no column is cut
+            console = Console(width=160)
     status = result["status"] + (" (degraded)" if result.get("degraded") else "")
     agents = [a for a in result["agents"] if a["planned"]]
     skew = result.get("start_skew")
