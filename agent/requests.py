@@ -4,22 +4,54 @@ The open model picks request k of a phase's mix by striping the request
 weights exactly as arrivals are striped over agents: over any window the mix
 matches the weights within one request, and no random generator has to agree
 across agents.
+
+`prepare` builds each request once. A request with templates (`${...}`) has
+no fixed form: in an arrival-rate phase it is rendered at each lookup with the
+built-ins that need no user (random, uuid, time) and the scenario's
+variables; users phases render it per user (see `loadctl.agent.journey`).
 """
 
 from __future__ import annotations
 
+import random
+
 from loadctl.agent.http import Endpoint, HttpRequest
+from loadctl.agent.journey import Step, UserState, initial_vars, needs_body
 from loadctl.protocol.scenario import Phase, RequestSpec, Scenario
 from loadctl.protocol.segments import Stripe
 
 
-def prepare(scenario: Scenario) -> dict[str, HttpRequest]:
+class Requests(dict[str, HttpRequest]):
+    """Name -> request. Templated requests are not stored: each lookup renders one."""
+
+    def __init__(self, steps: dict[str, Step], state: UserState) -> None:
+        super().__init__({n: s.static for n, s in steps.items() if not s.templated})
+        self._steps = steps
+        self._state = state
+
+    def __missing__(self, name: str) -> HttpRequest:
+        return self._steps[name].build(self._state)
+
+
+def prepare(scenario: Scenario) -> Requests:
+    return Requests(steps(scenario), UserState(0, vars=initial_vars(scenario), rng=random.Random()))
+
+
+def steps(scenario: Scenario) -> dict[str, Step]:
     endpoint = Endpoint.parse(scenario.target)
-    return {r.name: _http_request(endpoint, r) for r in scenario.requests}
+    return {r.name: Step(r, endpoint, _http_request(endpoint, r)) for r in scenario.requests}
 
 
 def _http_request(endpoint: Endpoint, spec: RequestSpec) -> HttpRequest:
-    return HttpRequest(endpoint, spec.method, spec.path, spec.headers, spec.body)
+    return HttpRequest(
+        endpoint,
+        spec.method,
+        spec.path,
+        spec.headers,
+        spec.body,
+        want_body=needs_body(spec),
+        follow_redirects=spec.follow_redirects,
+    )
 
 
 class Mix:

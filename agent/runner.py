@@ -21,6 +21,7 @@ from typing import Any
 
 from loadctl.agent.engines import choose_engine, make_client
 from loadctl.agent.http import HttpClient
+from loadctl.agent.journey import needs_cookies, needs_redirects
 from loadctl.agent.open_model import run_open_phase
 from loadctl.agent.recorder import Recorder
 from loadctl.agent.requests import prepare
@@ -59,8 +60,8 @@ class Runner:
         self.requests = prepare(self.scenario)
         self.engine, self.engine_note = choose_engine(
             None if self.scenario.defaults.engine == "auto" else self.scenario.defaults.engine,
-            needs_cookies=False,
-            needs_redirects=False,
+            needs_cookies=needs_cookies(self.scenario),
+            needs_redirects=needs_redirects(self.scenario),
         )
         self._client: HttpClient | None = None
         self.phases: list[PhaseState] = []
@@ -92,8 +93,9 @@ class Runner:
             self._client = make_client(self.engine, self.scenario.defaults.connections)
         return self._client
 
-    def new_client(self, connections: int = 1) -> HttpClient:
-        return make_client(self.engine, connections)
+    def new_client(self, connections: int = 1, cookies: bool = False) -> HttpClient:
+        """A client of its own (a user's); `cookies` gives it its own cookie jar."""
+        return make_client(self.engine, connections, cookies=cookies)
 
     # -- the run ---------------------------------------------------------------------------
     async def run(self) -> None:

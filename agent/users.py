@@ -6,21 +6,35 @@ exactly across agents and follow plan updates. A controller reconciles the
 running users with the wanted set a few times per second: a ramp up starts
 users; a ramp down or the phase end asks users to stop after their current
 iteration, and cancels those still busy after the grace period.
+
+Each user is a journey: its own variables, feeder row and (with `cookies`)
+cookie jar. An iteration is the phase's `sequence` of requests, one request of
+its `mix`, or one call of its Python flow. A user whose feeder has no row left
+(without wrap) stops for good: the controller does not start it again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
-from typing import TYPE_CHECKING
+import weakref
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
-from loadctl.agent.http import HttpClient
-from loadctl.agent.requests import Mix
-from loadctl.protocol.scenario import ThinkTime
+from loadctl.agent.feeders import NO_ROW, Feeder, load_feeders
+from loadctl.agent.flows import FlowFunction, FlowUser, exception_series, load_flow
+from loadctl.agent.http import Endpoint, HttpClient, Reply
+from loadctl.agent.journey import ReplyView, Step, UserState, initial_vars
+from loadctl.agent.requests import Mix, steps
+from loadctl.protocol.journey import is_python_flow
+from loadctl.protocol.scenario import Phase, ThinkTime
 
 if TYPE_CHECKING:
     from loadctl.agent.runner import PhaseState, Runner
+
+log = logging.getLogger("loadctl.agent")
 
 _RECONCILE = 0.1  # seconds between controller passes
 
@@ -33,19 +47,69 @@ def think_seconds(think: ThinkTime, rng: random.Random) -> float:
     return think.low
 
 
+class Journeys:
+    """A run's journey material on this agent: steps, feeders and flows (loaded on
+    first use, so a missing file fails the phase that needs it, not the agent)."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+        self.endpoint = Endpoint.parse(runner.scenario.target)
+        self.steps: dict[str, Step] = steps(runner.scenario)
+        self.vars = initial_vars(runner.scenario)
+        self._feeders: dict[str, Feeder] | None = None
+        self._flows: dict[str, FlowFunction] = {}
+        self.flow_names: dict[str, set[str]] = {}  # phase -> request names its flow used
+        self._logged: set[tuple[str, ...]] = set()
+
+    def feeder(self, name: str) -> Feeder:
+        if self._feeders is None:
+            self._feeders = load_feeders(self.runner.scenario, self.runner.plan)
+        return self._feeders[name]
+
+    def flow(self, ref: str) -> FlowFunction:
+        found = self._flows.get(ref)
+        if found is None:
+            found = self._flows[ref] = load_flow(self.runner.plan.files, ref)
+        return found
+
+    def once(self, *key: str) -> bool:
+        """True the first time `key` is seen: for logging a problem once per run."""
+        if key in self._logged or len(self._logged) > 1000:
+            return False
+        self._logged.add(key)
+        return True
+
+
+_KITS: weakref.WeakKeyDictionary[Runner, Journeys] = weakref.WeakKeyDictionary()
+
+
+def journeys(runner: Runner) -> Journeys:
+    kit = _KITS.get(runner)
+    if kit is None:
+        kit = _KITS[runner] = Journeys(runner)
+    return kit
+
+
 class _User:
     def __init__(self, index: int) -> None:
         self.index = index
         self.stopping = False
         self.stop_deadline = float("inf")  # perf_counter after which it is cancelled
+        self.out_of_rows = False  # its feeder ran dry: do not start it again
 
 
 async def run_user_phase(runner: Runner, state: PhaseState) -> None:
     phase = state.phase
     curve = phase.users
     assert curve is not None
-    mix = Mix(runner.scenario, phase)
+    kit = journeys(runner)
+    if phase.data is not None:
+        kit.feeder(phase.data)  # load (and fail) now rather than in each user
+    if is_python_flow(phase.flow):
+        kit.flow(phase.flow)
+    mix = None if is_python_flow(phase.flow) else Mix(runner.scenario, phase)
     users: dict[int, tuple[_User, asyncio.Task[None]]] = {}
+    finished: set[int] = set()
     loop = asyncio.get_running_loop()
 
     def start_user(u: int) -> None:
@@ -65,19 +129,23 @@ async def run_user_phase(runner: Runner, state: PhaseState) -> None:
                 if share is not None:
                     stripe = runner.shares.stripe(share)
                     wanted = {u for u in range(curve.users_at(t)) if stripe.owner(u) == share.index}
-            for u in wanted - users.keys():
+            for u in wanted - users.keys() - finished:
                 start_user(u)
             for u, (user, task) in list(users.items()):
                 if task.done():
                     del users[u]
                     state.users.pop(u, None)
+                    if user.out_of_rows:
+                        finished.add(u)
                     continue
                 if u not in wanted and not user.stopping:
                     user.stopping = True
                     user.stop_deadline = time.perf_counter() + phase.grace
                 if user.stopping and time.perf_counter() >= user.stop_deadline:
                     task.cancel()
-            state.active_users = sum(1 for user, _ in users.values() if not user.stopping)
+            state.active_users = sum(
+                1 for user, _ in users.values() if not user.stopping and not user.out_of_rows
+            )
             if ending and not users:
                 return
             await asyncio.sleep(_RECONCILE)
@@ -87,33 +155,131 @@ async def run_user_phase(runner: Runner, state: PhaseState) -> None:
             task.cancel()
 
 
-async def _user_loop(runner: Runner, state: PhaseState, mix: Mix, user: _User) -> None:
+async def _user_loop(runner: Runner, state: PhaseState, mix: Mix | None, user: _User) -> None:
     phase = state.phase
+    kit = journeys(runner)
     rng = random.Random(hash((runner.plan.run_id, phase.name, user.index)))
+    me = UserState(user.index, vars=dict(kit.vars), rng=rng)
+    feeder = kit.feeder(phase.data) if phase.data is not None else None
+    per_user_row = feeder is not None and feeder.source.mode == "unique-per-user"
+    if feeder is not None and per_user_row:
+        me.row = feeder.for_user(phase.name, user.index)
+        if me.row is NO_ROW:
+            user.out_of_rows = True
+            return
+    own = phase.connections == "per-user" or phase.cookies
     client: HttpClient = (
-        runner.new_client(1) if phase.connections == "per-user" else runner.shared_client()
+        runner.new_client(1, cookies=phase.cookies) if own else runner.shared_client()
     )
-    iteration = 0
+
+    def jar() -> Iterable[Any] | None:
+        found: Iterable[Any] | None = getattr(client, "cookie_jar", None)
+        return found
+
+    flow_user = None
+    if is_python_flow(phase.flow):
+        names = kit.flow_names.setdefault(phase.name, set())
+        flow_user = FlowUser(runner, phase, client, me, names, kit.steps, kit.endpoint, jar)
     try:
         while not user.stopping:
-            specs = mix.specs if phase.flow == "sequence" else [mix.pick(user.index + iteration)]
-            for spec in specs:
-                runner.recorder.arrival(phase.name, spec.name, runner.current_interval())
-                # shielded: stopping a user lets its request finish (or be recorded)
-                await asyncio.shield(
-                    runner.sender.spawn(
-                        client,
-                        phase.name,
-                        spec.name,
-                        runner.requests[spec.name],
-                        time.perf_counter(),
-                        spec.timeout,
-                    )
-                )
-                pause = think_seconds(phase.think, rng)
-                if pause > 0:
-                    await asyncio.sleep(pause)
-            iteration += 1
+            if feeder is not None and not per_user_row:
+                me.row = feeder.next_row(rng)
+                if me.row is NO_ROW:
+                    user.out_of_rows = True
+                    return
+            if flow_user is not None:
+                await _flow_iteration(runner, kit, phase, flow_user)
+            else:
+                assert mix is not None
+                await _steps_iteration(runner, kit, phase, mix, client, me, jar)
+            me.iteration += 1
+            await asyncio.sleep(0)  # an iteration that never waited must not starve the loop
     finally:
-        if phase.connections == "per-user":
+        if own:
             await client.close()
+
+
+async def _steps_iteration(
+    runner: Runner,
+    kit: Journeys,
+    phase: Phase,
+    mix: Mix,
+    client: HttpClient,
+    me: UserState,
+    jar: Callable[[], Iterable[Any] | None],
+) -> None:
+    iteration = me.iteration
+    specs = mix.specs if phase.flow == "sequence" else [mix.pick(me.user_id + iteration)]
+    for spec in specs:
+        if spec.once and spec.name in me.done:
+            continue
+        step = kit.steps[spec.name]
+        request = step.build(me)
+        runner.recorder.arrival(phase.name, spec.name, runner.current_interval())
+        sent = time.perf_counter()
+        # shielded: stopping a user lets its request finish (or be recorded)
+        reply = await asyncio.shield(
+            runner.sender.spawn(client, phase.name, spec.name, request, sent, spec.timeout)
+        )
+        failed = False
+        if step.evaluates or spec.once:
+            failed = _evaluate(runner, kit, phase, step, me, reply, sent, jar)
+            if spec.once and not failed:
+                me.done.add(spec.name)  # done once it succeeded: a failed login is tried again
+        pause = think_seconds(phase.think, me.rng)
+        if pause > 0:
+            await asyncio.sleep(pause)
+        if failed and spec.abort_on_fail:
+            return
+
+
+def _evaluate(
+    runner: Runner,
+    kit: Journeys,
+    phase: Phase,
+    step: Step,
+    me: UserState,
+    reply: Reply | None,
+    sent: float,
+    jar: Callable[[], Iterable[Any] | None],
+) -> bool:
+    """Extractions and checks of one reply, counted; True if the step failed."""
+    view = ReplyView(reply, time.perf_counter() - sent)
+    verdict = None
+    if step.evaluates:
+        verdict = step.evaluate(view, me, jar())
+        buffer = runner.recorder.series(phase.name, step.name)
+        buffer.checks_passed += verdict.passed
+        buffer.checks_failed += verdict.failed
+        for label in verdict.failures:
+            if kit.once("check", phase.name, step.name, label):
+                log.warning(
+                    "check failed: phase %s, request %s: %s (status %s; logged once)",
+                    phase.name,
+                    step.name,
+                    label,
+                    view.status or "no reply",
+                )
+    return step.failed(view, verdict)
+
+
+async def _flow_iteration(runner: Runner, kit: Journeys, phase: Phase, user: FlowUser) -> None:
+    function = kit.flow(phase.flow)
+    try:
+        await function(user)
+    except asyncio.CancelledError:
+        raise
+    except (Exception, SystemExit) as error:  # a flow's bug ends its iteration, not the agent
+        name = exception_series(error)
+        runner.recorder.arrival(phase.name, name, runner.current_interval())
+        now = time.perf_counter()
+        runner.recorder.series(phase.name, name).completed("error", now, now, now, 0)
+        if kit.once("flow", phase.name, name):
+            log.warning(
+                "flow %s raised %s in phase %s (counted as %s; logged once per type)",
+                phase.flow,
+                type(error).__name__,
+                phase.name,
+                name,
+                exc_info=error,
+            )

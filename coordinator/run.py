@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import zmq.asyncio
+
 from loadctl.coordinator.registry import AgentRecord, Registry
 from loadctl.coordinator.server import Server
 from loadctl.coordinator.timeline import Timeline
@@ -309,9 +310,18 @@ class Coordinator:
         log.info("run %s starts with %d agent(s)", self.run_id, len(agents))
 
     async def _plan(self, agent: AgentRecord, share: Share) -> None:
+        from loadctl.coordinator.feeders import plan_files  # journeys: rows and flows
+        from loadctl.protocol.fields import ScenarioError
+
         agent.planned = True
+        try:
+            files, notes = plan_files(self.scenario, share)
+        except ScenarioError as error:
+            raise CoordinatorFailure(f"the scenario's data or flows: {error}") from None
+        self.engine_notes.update(notes)  # the flows' sha256, shown in the summary and result
         await self._send(
-            agent, Plan(self.run_id, self.scenario.wire(), share, self.start_at, self.interval)
+            agent,
+            Plan(self.run_id, self.scenario.wire(), share, self.start_at, self.interval, files),
         )
 
     async def _reshare(self, reason: str, agent_id: str) -> int:

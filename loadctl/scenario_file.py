@@ -3,6 +3,12 @@
 The scenario model validates plain data and reports a *path* (phases[1].rate);
 here the YAML is also composed into nodes so the path can be turned into a
 line and column of the file, the way a compiler error reads.
+
+Journeys name files: data sources (`data.NAME.file`) and Python flows
+(`flow: path/to/file.py:function`). Relative paths resolve from the scenario
+file's folder and are written back absolute, so the scenario the agents and
+the result see is self-contained. The files are then read and checked here
+(rows, unique-row needs, the flow's function), before any agent starts.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from typing import Any
 import yaml
 
 from loadctl.protocol.fields import ScenarioError
+from loadctl.protocol.journey import is_python_flow, parse_flow_ref
 from loadctl.protocol.scenario import Scenario
 
 
@@ -30,11 +37,15 @@ def load_scenario(
         raise ScenarioFileError(f"{path}: no such file: check the path") from None
     except (OSError, UnicodeDecodeError) as error:
         raise ScenarioFileError(f"{path}: cannot read it: {error}") from None
-    return parse_scenario_text(text, str(path), scale, overrides)
+    return parse_scenario_text(text, str(path), scale, overrides, base_dir=path.parent)
 
 
 def parse_scenario_text(
-    text: str, name: str, scale: float = 1.0, overrides: dict[str, Any] | None = None
+    text: str,
+    name: str,
+    scale: float = 1.0,
+    overrides: dict[str, Any] | None = None,
+    base_dir: Path | None = None,
 ) -> Scenario:
     try:
         data = yaml.safe_load(text)
@@ -46,8 +57,16 @@ def parse_scenario_text(
         raise ScenarioFileError(f"{where}: not valid YAML: {problem}") from None
     if isinstance(data, dict) and overrides:
         data = {**data, **overrides}
+    base = (base_dir or Path.cwd()).resolve()
+    if isinstance(data, dict):
+        data = _absolute_paths(data, base)
     try:
-        return Scenario.from_dict(data, scale=scale)
+        scenario = Scenario.from_dict(data, scale=scale)
+        if isinstance(data, dict) and (data.get("data") or _has_python_flow(scenario)):
+            from loadctl.coordinator.feeders import load_payload
+
+            load_payload(scenario, base)
+        return scenario
     except ScenarioError as error:
         line = _line_of(root, error.path)
         where = f"{name}:{line}" if line else name
@@ -78,3 +97,47 @@ def _line_of(node: yaml.Node | None, path: tuple[str | int, ...]) -> int | None:
         node = child
         best = node.start_mark.line + 1
     return best
+
+
+def _has_python_flow(scenario: Scenario) -> bool:
+    return any(is_python_flow(p.flow) for p in scenario.phases)
+
+
+def _absolute_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """The scenario with data files and flow files made absolute from `base` (a copy;
+    anything malformed is left for the scenario model to report)."""
+    out = dict(data)
+    sources = data.get("data")
+    if isinstance(sources, dict):
+        out["data"] = {
+            name: (
+                {**item, "file": _absolute(item["file"], base)}
+                if isinstance(item, dict) and isinstance(item.get("file"), str) and item["file"]
+                else item
+            )
+            for name, item in sources.items()
+        }
+    phases = data.get("phases")
+    if isinstance(phases, list):
+        out["phases"] = [
+            {**p, "flow": _absolute_flow(p["flow"], base)}
+            if isinstance(p, dict) and isinstance(p.get("flow"), str)
+            else p
+            for p in phases
+        ]
+    return out
+
+
+def _absolute(file: str, base: Path) -> str:
+    path = Path(file).expanduser()
+    return str(path if path.is_absolute() else base / path)
+
+
+def _absolute_flow(flow: str, base: Path) -> str:
+    if not is_python_flow(flow):
+        return flow
+    try:
+        ref = parse_flow_ref(flow)
+    except ScenarioError:
+        return flow
+    return f"{_absolute(ref.target, base)}:{ref.function}" if ref.is_file else flow

@@ -196,18 +196,6 @@ def json_lookup(document: Any, json_path: JsonPath) -> Any:
     return value
 
 
-def json_path_text(json_path: JsonPath) -> str:
-    out = "$"
-    for key in json_path:
-        if isinstance(key, int):
-            out += f"[{key}]"
-        elif re.fullmatch(r"[A-Za-z_$][\w$-]*", key):
-            out += f".{key}"
-        else:
-            out += "['" + key.replace("\\", "\\\\").replace("'", "\\'") + "']"
-    return out
-
-
 # -- extraction ---------------------------------------------------------------------------
 
 EXTRACT_KINDS = ("json", "regex", "header", "cookie")

@@ -1,0 +1,265 @@
+"""What the coordinator ships to agents for journeys: data rows and Python flows.
+
+Both travel inside the Plan (`Plan.files`), over the authenticated link:
+
+* `data/NAME`: the rows of data source NAME that agent may use, as JSON lines
+  `[row index, row]`. Unique modes ship each agent its own shard (no row is
+  in two shards); the shared modes ship every row. A source with
+  `shared_path: true` ships nothing: agents read the file and cut the same
+  shard themselves.
+* `flow/REF`: the source of the Python module a phase's `flow: REF` names.
+  Agents run code only from this entry, never from their own disk.
+
+Everything is read and checked once, when the scenario is loaded (a missing
+file, a bad row, too few unique rows, a flow without its function are
+scenario errors, before any agent starts), and kept for the run.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib.util
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loadctl.protocol.fields import ScenarioError
+from loadctl.protocol.journey import (
+    ROW,
+    DataSource,
+    FlowRef,
+    data_key,
+    encode_rows,
+    flow_key,
+    is_python_flow,
+    parse_data,
+    parse_flow_ref,
+    parse_rows,
+    request_refs,
+    rows_needed,
+    shard,
+)
+from loadctl.protocol.messages import Share
+from loadctl.protocol.scenario import Scenario
+
+# Plans must stay well under the codec's frame limit (64 MiB).
+MAX_SHIPPED_BYTES = 48 * 1024 * 1024
+
+
+@dataclass
+class LoadedData:
+    source: DataSource
+    rows: list[Any] | None  # None: a shared path the coordinator cannot read itself
+    sha256: str = ""
+
+
+@dataclass
+class LoadedFlow:
+    ref: FlowRef
+    origin: str  # the file the source came from
+    code: bytes
+    sha256: str
+
+
+@dataclass
+class Payload:
+    data: dict[str, LoadedData] = field(default_factory=dict)
+    flows: dict[str, LoadedFlow] = field(default_factory=dict)
+
+    def files_for(self, scenario: Scenario, share: Share) -> dict[str, bytes]:
+        """Plan.files for the agent at `share`. An agent that joins mid-run (a share
+        from a later interval) gets no rows of unique sources: those rows were all
+        handed out at the start, and handing them out again would reuse them."""
+        files: dict[str, bytes] = {}
+        for name, loaded in self.data.items():
+            if loaded.source.shared_path or loaded.rows is None:
+                continue
+            rows = loaded.rows
+            if not loaded.source.unique:
+                indices: list[int] = list(range(len(rows)))
+            elif share.since == 0:
+                indices = shard(
+                    loaded.source, len(rows), scenario.phases, share.weights, share.index
+                )
+            else:
+                indices = []
+            files[data_key(name)] = encode_rows((i, rows[i]) for i in indices)
+        for ref, flow in self.flows.items():
+            files[flow_key(ref)] = flow.code
+        size = sum(len(v) for v in files.values())
+        if size > MAX_SHIPPED_BYTES:
+            raise ScenarioError(("data",), _too_big(size))
+        return files
+
+    def notes(self) -> list[str]:
+        return [
+            f"flow {ref}{'' if flow.ref.is_file else f' ({flow.origin})'} shipped to the "
+            f"agents, sha256 {flow.sha256}"
+            for ref, flow in self.flows.items()
+        ]
+
+
+def _too_big(size: int) -> str:
+    return (
+        f"{size / 2**20:.0f} MiB of rows and code to ship to one agent, more than "
+        f"{MAX_SHIPPED_BYTES // 2**20} MiB: put large data files where every agent can read "
+        "them and set shared_path: true"
+    )
+
+
+def load_payload(scenario: Scenario, base_dir: Path | None = None) -> Payload:
+    """Read and check every data file and flow the scenario names; raises ScenarioError."""
+    base = base_dir or Path.cwd()
+    payload = Payload()
+    for name, source in parse_data(scenario.source.get("data")).items():
+        payload.data[name] = _load_data(source, base, scenario)
+    for i, phase in enumerate(scenario.phases):
+        if is_python_flow(phase.flow) and phase.flow not in payload.flows:
+            ref = parse_flow_ref(phase.flow, ("phases", i, "flow"))
+            payload.flows[phase.flow] = _load_flow(ref, base, ("phases", i, "flow"))
+    shared = [d for d in payload.data.values() if d.rows is not None and not d.source.unique]
+    size = sum(len(encode_rows(enumerate(d.rows or []))) for d in shared)
+    size += sum(len(f.code) for f in payload.flows.values())
+    if size > MAX_SHIPPED_BYTES:  # unique shards shrink with more agents: checked per plan
+        raise ScenarioError(("data",), _too_big(size))
+    _remember(scenario, payload)
+    return payload
+
+
+def payload_for(scenario: Scenario) -> Payload:
+    """The payload loaded with the scenario (or, for one built in code, loaded now)."""
+    found = _PAYLOADS.get(id(scenario))
+    return found if found is not None else load_payload(scenario)
+
+
+def plan_files(scenario: Scenario, share: Share) -> tuple[dict[str, bytes], list[str]]:
+    """(Plan.files, notes for the summary) for one agent's plan."""
+    payload = payload_for(scenario)
+    return payload.files_for(scenario, share), payload.notes()
+
+
+_PAYLOADS: dict[int, Payload] = {}
+
+
+def _remember(scenario: Scenario, payload: Payload) -> None:
+    key = id(scenario)
+    if key not in _PAYLOADS:
+        weakref.finalize(scenario, _PAYLOADS.pop, key, None)
+    _PAYLOADS[key] = payload
+
+
+def _resolve(file: str, base: Path) -> Path:
+    path = Path(file).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def _load_data(source: DataSource, base: Path, scenario: Scenario) -> LoadedData:
+    at = ("data", source.name, "file")
+    path = _resolve(source.file, base)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        if source.shared_path:  # the agents may see a mount this machine does not
+            return LoadedData(source, None)
+        raise ScenarioError(at, f"no such file: {path}") from None
+    except OSError as error:
+        raise ScenarioError(at, f"cannot read {path}: {error.strerror or error}") from None
+    rows = parse_rows(raw, source.format, at)
+    if not rows:
+        raise ScenarioError(at, f"{path} has no rows")
+    needed = rows_needed(source, scenario.phases)
+    if len(rows) < needed:
+        phases = [p.name for p in scenario.phases if p.data == source.name]
+        raise ScenarioError(
+            at,
+            f"{path} has {len(rows)} rows, but {source.mode} needs {needed}: one per user of "
+            f"phase(s) {', '.join(phases)}; add rows, lower the users, or set wrap: true "
+            "(rows are then reused)",
+        )
+    _check_fields(source, rows, scenario)
+    return LoadedData(source, rows, hashlib.sha256(raw).hexdigest())
+
+
+def _check_fields(source: DataSource, rows: list[Any], scenario: Scenario) -> None:
+    """`${row.FIELD}` names a column the file has (CSV: the header)."""
+    if source.format != "csv":
+        return
+    columns = set(rows[0])
+    users = {
+        n
+        for p in scenario.phases
+        if p.data == source.name and not is_python_flow(p.flow)
+        for n in p.requests
+    }
+    for i, spec in enumerate(scenario.requests):
+        if spec.name not in users:
+            continue
+        for ref, where in request_refs(spec, ("requests", i)):
+            if ref.name == ROW and ref.field is not None and ref.field not in columns:
+                raise ScenarioError(
+                    where,
+                    f"{ref}: data source '{source.name}' has no column '{ref.field}' "
+                    f"(columns: {', '.join(sorted(columns))})",
+                )
+
+
+def _load_flow(ref: FlowRef, base: Path, at: tuple[str | int, ...]) -> LoadedFlow:
+    path = _resolve(ref.target, base) if ref.is_file else _find_module(ref.target, base, at)
+    try:
+        code = path.read_bytes()
+    except FileNotFoundError:
+        raise ScenarioError(at, f"no such file: {path}") from None
+    except OSError as error:
+        raise ScenarioError(at, f"cannot read {path}: {error.strerror or error}") from None
+    try:
+        tree = ast.parse(code, filename=str(path))
+    except SyntaxError as error:
+        raise ScenarioError(at, f"{path}:{error.lineno}: {error.msg}") from None
+    kinds = {
+        type(node).__name__
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name == ref.function
+    }
+    bound = kinds or any(
+        isinstance(node, ast.Assign | ast.ImportFrom | ast.Import | ast.AnnAssign)
+        and ref.function in _bound_names(node)
+        for node in tree.body
+    )
+    if kinds == {"FunctionDef"}:
+        raise ScenarioError(
+            at, f"{ref.function} in {path} must be `async def {ref.function}(user)`"
+        )
+    if not bound:
+        raise ScenarioError(at, f"{path} defines no `async def {ref.function}(user)`")
+    return LoadedFlow(ref, str(path), code, hashlib.sha256(code).hexdigest())
+
+
+def _bound_names(node: ast.stmt) -> set[str]:
+    if isinstance(node, ast.Import | ast.ImportFrom):
+        return {(a.asname or a.name).split(".")[0] for a in node.names}
+    targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+    return {t.id for t in targets if isinstance(t, ast.Name)}
+
+
+def _find_module(module: str, base: Path, at: tuple[str | int, ...]) -> Path:
+    """A module's source: next to the scenario, in the working directory, or importable."""
+    relative = Path(*module.split("."))
+    for root in (base, Path.cwd()):
+        for candidate in (root / relative.with_suffix(".py"), root / relative / "__init__.py"):
+            if candidate.is_file():
+                return candidate
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        spec = None
+    origin = spec.origin if spec is not None else None
+    if origin is None or not origin.endswith(".py"):
+        raise ScenarioError(
+            at,
+            f"cannot find the Python source of module '{module}' (looked next to the scenario, "
+            "in the working directory and on the import path): name a file instead, "
+            "as path/to/flow.py:function",
+        )
+    return Path(origin)
