@@ -64,10 +64,12 @@ class Attr:
             if value not in self.choices:
                 raise ValueError(f"must be one of {', '.join(self.choices)}, got {value!r}")
             return str(value)
-        if isinstance(value, str) and self.unit in ("ms", "us"):
+        if isinstance(value, str) and self.unit in ("ms", "us") and not _is_number(value):
             seconds = parse_duration(value)  # ScenarioError without a path: reworded below
             number: float = seconds * (1e3 if self.unit == "ms" else 1e6)
             value = round(number)
+        if isinstance(value, str) and _is_number(value):
+            value = float(value)  # "200": in the attribute's unit, as 200 would be
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"expected a number ({self.unit}), got {value!r}")
         if not math.isfinite(value) or value < 0:
@@ -79,6 +81,14 @@ class Attr:
                 raise ValueError(f"expected a whole number ({self.unit}), got {value!r}")
             return int(value)
         return float(value)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 # Toxiproxy 2.x's toxics and attributes, plus loadctl's `loss`.
