@@ -232,6 +232,10 @@ def build_result(run: Coordinator, extra: dict[str, Any] | None = None) -> dict[
     from loadctl.coordinator.recovery import analyse  # recovery and degradation, from the data
 
     result.update(analyse(result))
+    if run.chaos is not None:
+        from loadctl.coordinator.faults import fault_impact
+
+        result["faults"] = fault_impact(result, run.fault_records())
     if extra:
         result.update(extra)
     return result

@@ -92,6 +92,10 @@ def print_summary(result: dict[str, Any], console: Console | None = None) -> Non
 
     for line in recovery_lines(result.get("recovery")):
         console.print(line, highlight=False, markup=False)
+    from loadctl.coordinator.faults import fault_lines  # per chaos fault window
+
+    for line in fault_lines(result.get("faults") or []):
+        console.print(line, highlight=False, markup=False)
     print_thresholds(result, console)
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from loadctl.protocol.chaos import FaultWindow, chaos_of
 from loadctl.protocol.fields import Fields, ScenarioError, parse_duration
 from loadctl.protocol.journey import (
     Check,
@@ -135,6 +136,11 @@ class Scenario:
     def duration(self) -> float:
         return max((p.end for p in self.phases), default=0.0)
 
+    @property
+    def chaos(self) -> tuple[FaultWindow, ...]:
+        """The `chaos:` fault windows (coordinator-driven; agents ignore them)."""
+        return chaos_of(self.source, self.duration)
+
     def request(self, name: str) -> RequestSpec:
         for r in self.requests:
             if r.name == name:
@@ -174,7 +180,11 @@ class Scenario:
         name = top.text("name", "scenario")
         validate_journeys(top.raw("data", None), top.raw("variables", None), requests, phases)
         top.done(allowed_extra=("chaos", "data", "variables", "description"))
-        return cls(name, target.rstrip("/"), defaults, requests, phases, thresholds, data, scale)
+        scenario = cls(
+            name, target.rstrip("/"), defaults, requests, phases, thresholds, data, scale
+        )
+        scenario.chaos  # noqa: B018 - validates the fault timeline now, with its path
+        return scenario
 
     def with_phases(self, phases: tuple[Phase, ...]) -> Scenario:
         return Scenario(
