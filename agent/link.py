@@ -16,6 +16,7 @@ from collections import OrderedDict
 
 import zmq
 import zmq.asyncio
+
 from loadctl.protocol.codec import MAX_FRAME_BYTES, ProtocolError, decode, encode
 from loadctl.protocol.messages import Message, Snapshot
 
@@ -50,9 +51,21 @@ class CoordinatorLink:
         self.next_seq = 1
         self.outbox_dropped = 0
         self.bad_frames = 0
+        self.send_failures = 0
 
-    async def send(self, message: Message) -> None:
-        await self.socket.send(encode(message), copy=False)
+    async def send(self, message: Message) -> bool:
+        return await self._send(encode(message))
+
+    async def _send(self, data: bytes) -> bool:
+        """Queue a frame without ever waiting: a DEALER whose connection libzmq gave up
+        on (a refused key, an oversize frame) blocks senders forever, and the agent's
+        loop — with its dead-man check — must never block. False if not queued."""
+        try:
+            await self.socket.send(data, copy=False, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            self.send_failures += 1
+            return False
+        return True
 
     async def send_snapshot(self, snapshot: Snapshot) -> None:
         data = encode(snapshot)
@@ -60,7 +73,7 @@ class CoordinatorLink:
         while len(self.outbox) > OUTBOX_LIMIT:
             self.outbox.popitem(last=False)
             self.outbox_dropped += 1
-        await self.socket.send(data, copy=False)
+        await self._send(data)  # kept in the outbox either way: resent until acked
 
     def take_seq(self) -> int:
         seq = self.next_seq
@@ -77,7 +90,8 @@ class CoordinatorLink:
         for seq, (stamp, data) in list(self.outbox.items()):
             if force or now - stamp >= RESEND_AFTER:
                 self.outbox[seq] = (now, data)
-                await self.socket.send(data, copy=False)
+                if not await self._send(data):
+                    break
                 sent += 1
         return sent
 

@@ -11,10 +11,13 @@ update may have moved the item to another agent meanwhile.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING
 
 from loadctl.agent.pacer import wait_until
 from loadctl.agent.requests import Mix
+
+_LATE = 0.05  # seconds behind schedule after which each send yields to the loop once
 
 if TYPE_CHECKING:
     from loadctl.agent.runner import PhaseState, Runner
@@ -50,6 +53,11 @@ async def run_open_phase(runner: Runner, state: PhaseState) -> None:
             return
         intended = runner.t0 + due
         await wait_until(intended)
+        if not runner.may_send():  # the dead-man switch, checked at every send
+            runner.abort()
+            return
+        if intended < time.perf_counter() - _LATE:  # behind schedule: let replies in
+            await asyncio.sleep(0)
         owner_check = cursor.next_owned(k)
         if owner_check != k:  # the share changed while we waited
             k = owner_check

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from loadctl.protocol.histogram import Histogram
 from loadctl.protocol.messages import Series
 

@@ -67,11 +67,15 @@ class Runner:
         self.phases: list[PhaseState] = []
         self.end_at = math.inf  # run time; a plan update may bring it forward
         self.aborted = False
+        # The session's dead-man check; the schedulers ask it before every request, so a
+        # process that was frozen or starved cannot send a backlog once it runs again.
+        self.may_send: Callable[[], bool] = lambda: True
         self._abort_drain = 0.0
         self.changed = asyncio.Event()  # set on every plan update
         # perf_counter at run time zero
         self.t0 = time.perf_counter() + (plan.start_at - clock.to_coordinator(time.time()))
-        self._next_cut = 0
+        # an agent that joins mid-run starts cutting at the current interval, not at 0
+        self._next_cut = max(0, math.floor((time.perf_counter() - self.t0) / self.interval))
         self.users_at_cut = 0
 
     # -- clocks ---------------------------------------------------------------------------

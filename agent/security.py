@@ -19,6 +19,7 @@ import os
 from typing import Any
 
 import zmq
+
 from loadctl.protocol.keys import (
     AgentKeys,
     KeyPair,

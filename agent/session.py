@@ -23,6 +23,8 @@ from typing import Any
 
 import psutil
 import zmq.asyncio
+
+from loadctl import __version__
 from loadctl.agent.link import CoordinatorLink
 from loadctl.agent.pacer import wait_until
 from loadctl.agent.runner import Runner
@@ -49,14 +51,13 @@ from loadctl.protocol.messages import (
     Welcome,
 )
 
-from loadctl import __version__
-
 log = logging.getLogger("loadctl.agent")
 
 EXIT_OK = 0
 EXIT_FAILED = 3  # could not reach, or lost, the coordinator
 EXIT_INTERRUPTED = 130
 STOP_DRAIN = 2.0  # seconds in-flight requests may finish after a Stop
+REJOIN = "rejoin"  # the Stop reason of a coordinator that had declared us lost
 
 
 class AgentFailure(Exception):
@@ -68,7 +69,7 @@ class AgentOptions:
     endpoint: str
     agent_id: str = ""
     connect_timeout: float = 15.0
-    deadman: float = 2.5  # the coordinator's Welcome may lower it, never raise it
+    deadman: float = 2.0  # the coordinator's Welcome may lower it, never raise it
     orphan_timeout: float = 30.0  # after the dead-man switch: wait this long for the coordinator
     serve: bool = False  # serve run after run (reconnecting) instead of exiting after one
     security: Any = None  # loadctl.agent.security.ClientSecurity or None (plaintext)
@@ -91,6 +92,10 @@ class AgentSession:
         self.finished = False  # Bye received, or the run is over in one-run mode
         self.process = psutil.Process()
         self.process.cpu_percent(None)
+        # Snapshots measure CPU over their interval, heartbeats over theirs: psutil keeps
+        # the last reading per object, so each needs its own.
+        self.snapshot_process = psutil.Process()
+        self.snapshot_process.cpu_percent(None)
         self._pongs: asyncio.Queue[tuple[Pong, float]] = asyncio.Queue()
         self._handlers: dict[type[Any], Callable[[Any], Awaitable[None]]] = {
             Welcome: self._on_welcome,
@@ -105,6 +110,7 @@ class AgentSession:
         }
         self._welcomed = asyncio.Event()
         self._run_id = ""
+        self._rejoin = False  # the coordinator asked us to stop our share and say Ready again
 
     # -- lifecycle ------------------------------------------------------------------------
     async def run(self) -> int:
@@ -209,7 +215,17 @@ class AgentSession:
         if handler is None:
             log.warning("ignored a %s from the coordinator", type(message).__name__)
             return
-        await handler(message)
+        try:
+            await handler(message)
+        except AgentFailure:
+            raise
+        except Exception as error:  # a message that makes no sense here must not kill us
+            log.warning(
+                "ignored a %s from the coordinator: %s: %s",
+                type(message).__name__,
+                type(error).__name__,
+                error,
+            )
 
     async def _serve_until_done(self) -> None:
         last_beat = 0.0
@@ -222,6 +238,15 @@ class AgentSession:
                 await self.link.resend_due()
             if self.link.silence() > self.deadman:
                 await self._dead_man()  # returns once the coordinator is back (or raises)
+            elif self._rejoin and self._ready_to_rejoin():
+                self._rejoin = False
+                self.runner = None
+                self.run_task = None
+                await self._handshake()  # Ready again: the coordinator gives a new share
+
+    def _ready_to_rejoin(self) -> bool:
+        """The old share has stopped and its results are handed over."""
+        return (self.run_task is None or self.run_task.done()) and not self.link.outbox
 
     async def _dead_man(self) -> None:
         stopped = self.runner is not None and not self.runner.aborted
@@ -237,18 +262,14 @@ class AgentSession:
             await asyncio.wait([self.run_task], timeout=5.0)
         deadline = time.monotonic() + self.options.orphan_timeout
         while time.monotonic() < deadline:
+            # Our heartbeats tell a coordinator that comes back that we are here; it
+            # answers (a Stop asking us to rejoin), and then the results go over.
             await self.link.send(self._heartbeat())
             await self._pump(0.5)
-            if self.link.silence() < 1.0 and self.link.outbox:
-                await self.link.resend_due(force=True)
             if self.link.silence() < 1.0:
-                if self.finished:
-                    return
-                if not self.link.outbox:  # results handed over: rejoin as a fresh agent
-                    self.runner = None
-                    self.run_task = None
-                    await self._handshake()
-                    return
+                await self.link.resend_due(force=True)
+                self._rejoin = not self.finished
+                return
         raise AgentFailure(
             f"lost the coordinator at {self.options.endpoint} for "
             f"{self.options.orphan_timeout:g} s; stopped all load"
@@ -282,11 +303,14 @@ class AgentSession:
         if self.run_task is not None and not self.run_task.done():
             log.warning("ignored a second plan while running")
             return
-        assert self.clock is not None
+        if self.clock is None:
+            log.warning("ignored a plan that came before the handshake")
+            return
         if self._run_id != plan.run_id:  # seqs count per run; a rejoin keeps counting
             self._run_id = plan.run_id
             self.link.next_seq = 1
         self.runner = Runner(plan, self.clock, self._sink)
+        self.runner.may_send = lambda: self.link.silence() <= self.deadman
         self.run_task = asyncio.get_running_loop().create_task(self._run_plan(self.runner))
 
     async def _announce_start(self, runner: Runner) -> None:
@@ -328,7 +352,7 @@ class AgentSession:
             series=series,
             active_users=runner.users_at_cut,
             in_flight=runner.sender.in_flight,
-            cpu_percent=self.process.cpu_percent(None),
+            cpu_percent=self.snapshot_process.cpu_percent(None),
             rss_bytes=self.process.memory_info().rss,
         )
         await self.link.send_snapshot(snapshot)
@@ -342,7 +366,11 @@ class AgentSession:
 
     async def _on_stop(self, stop: Stop) -> None:
         log.info("coordinator asked to stop: %s", stop.reason)
-        if self.runner is not None and self.runner.plan.run_id == stop.run_id:
+        if stop.reason == REJOIN:  # we were declared lost: stop at once, then rejoin
+            if self.runner is not None:
+                self.runner.abort()
+            self._rejoin = True
+        elif self.runner is not None and self.runner.plan.run_id == stop.run_id:
             # _run_plan then drains, cuts the last interval and says Done
             self.runner.abort(drain=STOP_DRAIN)
 

@@ -1,6 +1,6 @@
 """The agent's shares of the work over time, and what it owns under them.
 
-A share holds from an interval boundary on (`Share.since`). For a phase, the
+A share holds from a run time on (`Share.since`). For a phase, the
 boundary of share e maps to the first item K_e due at or after it; items in
 [K_e, K_{e+1}) follow share e's stripe, re-based at K_e (see
 `loadctl.protocol.segments`). Every agent holds the same list of boundaries
@@ -44,7 +44,7 @@ class ShareBook:
 
     def boundaries(self, first_item_at: Callable[[float], int]) -> list[int]:
         """K_e for each share, given the phase's 'first item at or after run time t'."""
-        return [first_item_at(s.since * self.interval) for s in self.shares]
+        return [first_item_at(s.since) for s in self.shares]
 
     def cursor(self, first_item_at: Callable[[float], int]) -> Cursor:
         return Cursor(self, first_item_at)
@@ -56,7 +56,7 @@ class ShareBook:
     def current(self, run_time: float) -> Share | None:
         chosen = None
         for s in self.shares:
-            if s.since * self.interval <= run_time:
+            if s.since <= run_time:
                 chosen = s
         return chosen
 

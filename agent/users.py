@@ -215,6 +215,9 @@ async def _steps_iteration(
             continue
         step = kit.steps[spec.name]
         request = step.build(me)
+        if not runner.may_send():  # the dead-man switch, checked at every send
+            runner.abort()
+            return
         runner.recorder.arrival(phase.name, spec.name, runner.current_interval())
         sent = time.perf_counter()
         # shielded: stopping a user lets its request finish (or be recorded)

@@ -15,6 +15,7 @@ from typing import Any
 import msgpack
 import numpy as np
 from hdrh.histogram import HdrHistogram
+
 from loadctl.protocol.histogram import Histogram
 
 REPEATS = 7

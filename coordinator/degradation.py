@@ -11,18 +11,28 @@ Two sources: the measured windows of a capacity search's steps
 (`from_windows`), or for any run the intervals of its timeline whose target
 rate lies within ±10 % of the level (`from_result`, pure code over
 result.json data).
+
+Also here, because they read the same curve of health against load: `judge`,
+the verdict on one measured window (the SLOs held, the target broke one, or
+the load generator was the limit — see `loadctl.coordinator.capacity` for the
+rules), and `knee`, where p99 bends upward against the offered rate.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from typing import Any
 
 from loadctl.coordinator.result import latency_histogram
+from loadctl.coordinator.stats import Totals
+from loadctl.coordinator.thresholds import observe
 from loadctl.protocol.histogram import Histogram, HistogramWireError
+from loadctl.protocol.thresholds import LATENCY_METRICS, Threshold
 
 LEVELS = (("low", 0.2), ("medium", 0.5), ("high", 1.0))
+LAG_SHARE = 0.25  # a send lag this share of p99 makes a broken latency SLO the generator's
 NEAR = 0.10  # an interval belongs to a level when its target rate is within ±10 %
 _MS = 1e6
 
@@ -184,3 +194,115 @@ def knee(steps: list[dict[str, Any]]) -> dict[str, Any] | None:
         "p99_ms": s.get("p99_ms"),
         "method": "kneedle on log p99 against offered rate",
     }
+
+
+def _served(t: Totals) -> Totals:
+    """What the target did with the requests it got: latency from the actual send,
+    errors over answered requests (arrivals dropped by the agents left out)."""
+    return Totals(
+        arrivals=t.arrivals,
+        outcomes={k: v for k, v in t.outcomes.items() if k != "dropped"},
+        latency=t.service,
+        service=t.service,
+        send_lag=t.send_lag,
+        bytes_in=t.bytes_in,
+        checks_passed=t.checks_passed,
+        checks_failed=t.checks_failed,
+    )
+
+
+def _select(by_name: dict[str, Totals], t: Threshold) -> Totals:
+    out = Totals()
+    for name, totals in by_name.items():
+        if t.scope != "request" or name == t.name:
+            out.merge(totals)
+    return out
+
+
+def judge(
+    by_name: dict[str, Totals],
+    cpu: dict[str, list[float]],
+    seconds: float,
+    slos: Sequence[Threshold],
+    lag_limit_ms: float,
+    max_cpu_percent: float,
+) -> tuple[str, dict[str, Any], list[dict[str, Any]], list[str]]:
+    """(verdict, figures, SLO values, generator reasons) for one measured window: "ok",
+    "slo" (the target broke one), or "generator" (the load generator was the limit).
+    `by_name` holds the window's totals per request name, `cpu` each agent's samples."""
+    total = Totals()
+    for part in by_name.values():
+        total.merge(part)
+    figures = health(
+        total.arrivals, total.completed, total.errors, total.dropped, total.latency, seconds
+    )
+    lag = total.send_lag.percentile(99.0) / _MS if total.send_lag.count else None
+    service = total.service.percentile(99.0) / _MS if total.service.count else None
+    figures.update(
+        send_lag_p99_ms=lag,
+        service_p99_ms=service,
+        agent_cpu={a: statistics.median(v) for a, v in sorted(cpu.items()) if v},
+        agent_cpu_max=max((statistics.median(v) for v in cpu.values() if v), default=None),
+    )
+    values = []
+    for t in slos:
+        v = observe(t, _select(by_name, t), seconds)
+        values.append(
+            {
+                "slo": t.label,
+                "observed": v,
+                "observed_text": t.format(v),
+                "ok": v is not None and t.holds(v),
+            }
+        )
+    broken = [t for t, v in zip(slos, values, strict=True) if not v["ok"]]
+    served_broken = []  # the SLOs on what the target did: service time, errors it returned
+    for t in slos:
+        v = observe(t, _served(_select(by_name, t)), seconds)
+        if v is None or not t.holds(v):
+            served_broken.append(t)
+    reasons, notes, strained = [], [], []
+    if total.arrivals == 0:
+        reasons.append("the agents sent nothing in the window")
+    if total.dropped and not served_broken:
+        reasons.append(
+            f"{total.dropped} arrivals dropped at the agents' in-flight limit while the "
+            "target's answers met every SLO"
+        )
+    lag_high = lag is not None and lag > lag_limit_ms
+    if lag_high:
+        strained.append(f"send lag p99 {lag:.2f} ms > {lag_limit_ms:g} ms")
+    for agent, samples in sorted(cpu.items()):
+        hot = [v for v in samples if v > max_cpu_percent]
+        if 2 * len(hot) > len(samples):  # most of the window: one sample is no saturation
+            strained.append(
+                f"agent {agent} above {max_cpu_percent:g}% CPU in {len(hot)} of "
+                f"{len(samples)} intervals (median {statistics.median(samples):.0f}%)"
+            )
+    p99 = figures["p99_ms"]
+    if (
+        strained
+        and broken
+        and (
+            not served_broken  # the target's own answers met every SLO
+            or (  # or the lag is a large share of latencies that alone broke the SLOs
+                lag_high
+                and lag is not None
+                and p99 is not None
+                and lag >= LAG_SHARE * p99
+                and all(t.metric in LATENCY_METRICS for t in served_broken)
+            )
+        )
+    ):
+        reasons += strained
+    else:  # latency counts from the intended send: a strained generator only adds to it
+        notes += [f"{text}: measured latencies include it" for text in strained]
+    figures["notes"] = notes
+    verdict = "generator" if reasons else "slo" if broken else "ok"
+    return verdict, figures, values, reasons
+
+
+def suspect(step_figures: dict[str, Any], verdict: str) -> bool:
+    """Worth measuring again before a verdict stands: the generator looked like the
+    limit, or it was strained while an SLO broke (a machine's hiccup looks like that)."""
+    return verdict == "generator" or (verdict == "slo" and bool(step_figures.get("notes")))

@@ -19,6 +19,8 @@ of the load; a metric that was never back within by then "never recovered".
 
 Pure code over result.json data (`timeline` rows with `t`, and their `total`
 or `series` stats): `loadctl report` recomputes it from a saved file.
+`compute_recovery` does it for every disturbance phase; `recovery_after` for
+any window with any baseline (a chaos fault, say).
 """
 
 from __future__ import annotations
@@ -131,22 +133,21 @@ def _first_sustained(within: Iterable[bool], sustain: int) -> int | None:
 
 
 def _metric(
-    after: Sequence[_Row],
     flags: Iterable[bool],
     sustain: int,
+    after: Sequence[_Row],
     end: float,
     baseline: float | None,
     limit: float | None,
     peak: float | None,
 ) -> dict[str, Any]:
     index = _first_sustained(flags, sustain)
-    recovered = index is not None
     at = after[index].t if index is not None else None
     return {
         "baseline": baseline,
         "limit": limit,
         "peak": peak,
-        "recovered": recovered,
+        "recovered": at is not None,
         "at": at,
         "seconds": max(0.0, at - end) if at is not None else None,
     }
@@ -159,80 +160,94 @@ def _phases(result: dict[str, Any]) -> list[dict[str, Any]]:
     )
 
 
+def recovery_after(
+    result: dict[str, Any],
+    end: float,
+    baseline: tuple[float, float],
+    horizon: float | None = None,
+    tolerance: Tolerance = Tolerance(),
+    rows: list[_Row] | None = None,
+) -> dict[str, Any]:
+    """Recovery of p99 and the error rate after a disturbance that ended at `end` (run
+    seconds), against the baseline window (start, end), observed until `horizon` (or
+    the end of the load). Usable for any window: a phase, a chaos fault."""
+    rows = _rows(result) if rows is None else rows
+    b0, b1 = baseline
+    inside = [r for r in rows if r.t >= b0 - 1e-6 and r.t + r.length <= b1 + 1e-6]
+    if not inside:  # a baseline shorter than an interval: take what overlaps
+        inside = [r for r in rows if r.t < b1 and r.t + r.length > b0]
+    p99, errors, count = _baseline(inside)
+    after = [r for r in rows if r.t >= end - 1e-6 and (horizon is None or r.t < horizon - 1e-6)]
+    while after and after[-1].requests == 0:  # the load ended: nothing more to judge
+        after.pop()
+    p99_limit = (
+        max(p99 * (1 + tolerance.p99_relative), p99 + tolerance.p99_floor_ms)
+        if p99 is not None
+        else None
+    )
+    err_limit = errors + tolerance.error_points if errors is not None else None
+    p99_within = (
+        r.p99_ms is not None and p99_limit is not None and r.p99_ms <= p99_limit for r in after
+    )
+    err_within = (
+        r.error_rate is not None and err_limit is not None and r.error_rate <= err_limit
+        for r in after
+    )
+    out: dict[str, Any] = {
+        "end": end,
+        "baseline": {"p99_ms": p99, "error_rate": errors, "intervals": count},
+        "tolerance": asdict(tolerance),
+        "observed_until": after[-1].t + after[-1].length if after else end,
+        "p99": _metric(
+            p99_within,
+            tolerance.sustain,
+            after,
+            end,
+            p99,
+            p99_limit,
+            max((r.p99_ms for r in after if r.p99_ms is not None), default=None),
+        ),
+        "error_rate": _metric(
+            err_within,
+            tolerance.sustain,
+            after,
+            end,
+            errors,
+            err_limit,
+            max((r.error_rate for r in after if r.error_rate is not None), default=None),
+        ),
+    }
+    both = (out["p99"]["seconds"], out["error_rate"]["seconds"])
+    out["ok"] = all(s is not None for s in both)
+    out["seconds"] = max(s for s in both if s is not None) if out["ok"] else None
+    return out
+
+
 def compute_recovery(
     result: dict[str, Any], tolerance: Tolerance = Tolerance()
 ) -> list[dict[str, Any]]:
     """One entry per disturbance phase, in run order (empty when the run had none)."""
     phases = _phases(result)
     disturbances = [p for p in phases if p.get("disturbance")]
-    if not disturbances:
-        return []
-    rows = _rows(result)
+    rows = _rows(result) if disturbances else []
     out = []
     for n, d in enumerate(disturbances):
         start, end = float(d["start"]), float(d["end"])
-        before = [
-            p
-            for p in phases
-            if not p.get("disturbance") and float(p["end"]) <= start + 1e-6 and p is not d
-        ]
-        entry: dict[str, Any] = {
-            "phase": d["name"],
-            "start": start,
-            "end": end,
-            "baseline_phase": None,
-            "tolerance": asdict(tolerance),
-        }
+        entry: dict[str, Any] = {"phase": d["name"], "start": start, "end": end}
+        before = [p for p in phases if not p.get("disturbance") and float(p["end"]) <= start + 1e-6]
         if not before:
-            entry.update(note="no phase ran before it: no baseline to recover to", ok=None)
+            entry.update(
+                baseline_phase=None,
+                ok=None,
+                note="no phase ran before it: no baseline to recover to",
+            )
             out.append(entry)
             continue
         base = max(before, key=lambda p: float(p["end"]))
-        b0, b1 = float(base["start"]), float(base["end"])
-        inside = [r for r in rows if r.t >= b0 - 1e-6 and r.t + r.length <= b1 + 1e-6]
-        if not inside:  # a baseline phase shorter than an interval: take what overlaps
-            inside = [r for r in rows if r.t < b1 and r.t + r.length > b0]
-        p99, errors, count = _baseline(inside)
-        entry["baseline_phase"] = base["name"]
-        entry["baseline"] = {"p99_ms": p99, "error_rate": errors, "intervals": count}
         horizon = float(disturbances[n + 1]["start"]) if n + 1 < len(disturbances) else None
-        after = [r for r in rows if r.t >= end - 1e-6 and (horizon is None or r.t < horizon - 1e-6)]
-        while after and after[-1].requests == 0:  # the load ended: nothing more to judge
-            after.pop()
-        entry["observed_until"] = after[-1].t + after[-1].length if after else end
-        p99_limit = (
-            max(p99 * (1 + tolerance.p99_relative), p99 + tolerance.p99_floor_ms)
-            if p99 is not None
-            else None
-        )
-        err_limit = errors + tolerance.error_points if errors is not None else None
-        entry["p99"] = _metric(
-            after,
-            (
-                r.p99_ms is not None and p99_limit is not None and r.p99_ms <= p99_limit
-                for r in after
-            ),
-            tolerance.sustain,
-            end,
-            p99,
-            p99_limit,
-            max((r.p99_ms for r in after if r.p99_ms is not None), default=None),
-        )
-        entry["error_rate"] = _metric(
-            after,
-            (
-                r.error_rate is not None and err_limit is not None and r.error_rate <= err_limit
-                for r in after
-            ),
-            tolerance.sustain,
-            end,
-            errors,
-            err_limit,
-            max((r.error_rate for r in after if r.error_rate is not None), default=None),
-        )
-        both = (entry["p99"]["seconds"], entry["error_rate"]["seconds"])
-        entry["ok"] = all(s is not None for s in both)
-        entry["seconds"] = max(s for s in both if s is not None) if entry["ok"] else None
+        window = (float(base["start"]), float(base["end"]))
+        entry["baseline_phase"] = base["name"]
+        entry.update(recovery_after(result, end, window, horizon, tolerance, rows))
         out.append(entry)
     return out
 

@@ -30,6 +30,7 @@ class AgentRecord:
     max_rss_bytes: int = 0
     in_flight: int = 0
     state: str = "idle"
+    rejoin_asked: float = 0.0  # monotonic time we last asked this lost agent to rejoin
     arrivals: int = 0  # this run's arrivals and completed requests, from its snapshots
     requests: int = 0
 

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 import zmq.asyncio
 
+from loadctl.coordinator.chaos import ChaosTimeline, FaultRecord
 from loadctl.coordinator.registry import AgentRecord, Registry
 from loadctl.coordinator.server import Server
 from loadctl.coordinator.timeline import Timeline
@@ -51,7 +52,12 @@ from loadctl.protocol.scenario import Phase, Scenario, parse_phases
 
 log = logging.getLogger("loadctl.coordinator")
 
-MAX_AGENTS = 4096  # a flood of Hellos cannot grow the registry without bound
+MAX_AGENTS = 4096
+SHARE_NOTICE = 0.3  # seconds between sending new shares and their taking effect
+DEADMAN_MARGIN = (
+    0.2  # beyond the agents' dead-man delay (and its 0.1 s check), before a share moves
+)
+REJOIN = "rejoin"  # Stop reason: stop the old share, hand over results, say Ready again  # a flood of Hellos cannot grow the registry without bound
 
 
 class CoordinatorFailure(Exception):
@@ -71,7 +77,7 @@ class CoordinatorOptions:
     wait_timeout: float = 60.0
     heartbeat: float = 0.5
     lost_after: float = 2.0  # silence after which an agent is declared lost (≤ 3 s)
-    deadman: float = 2.5  # agents stop their load after this much silence
+    deadman: float = 2.0  # agents stop their load after this much silence
     start_delay: float = 1.0
     drain_timeout: float = 10.0
     rebalance: bool = True
@@ -112,6 +118,7 @@ class Coordinator:
         self._drain_deadline = math.inf
         self._reported_interval = -1
         self.server: Server | None = None
+        self.chaos: ChaosTimeline | None = None
         self._handlers: dict[
             type[Any], Callable[[AgentRecord | None, bytes, Any], Awaitable[None]]
         ] = {
@@ -160,9 +167,9 @@ class Coordinator:
             names = [r.name for r in self.scenario.requests]
             new = parse_phases(phases, ("phases",), names, self.scenario.scale)
             cut = at_interval * self.interval
-            kept = tuple(p for p in self.phases if p.start < cut)
-            self.phases = kept + new
-            self._cut_phases(cut)
+            self.phases = tuple(p for p in self.phases if p.start < cut)
+            self._cut_phases(cut)  # running phases stop at the boundary; the new ones follow
+            self.phases += new
         if end_interval is not None:
             self._cut_phases(end_interval * self.interval)
         update = PlanUpdate(
@@ -191,6 +198,7 @@ class Coordinator:
         if security is not None and hasattr(security, "start"):
             security.start(ctx)  # the ZAP authenticator must run before bind
         try:
+            await self._check_chaos()
             self.server = Server(ctx, self.options.bind, security)
             log.info(
                 "coordinator %s listening on %s, waiting for %d agent(s)",
@@ -200,25 +208,77 @@ class Coordinator:
             )
             self._wait_deadline = time.monotonic() + self.options.wait_timeout
             while self.state != "finished":
-                got = await self.server.receive(0.05)
-                if got is not None:
-                    identity, message = got
+                # Everything ready at once, then the clock-driven duties once: with a
+                # thousand agents, ticking per message would cost O(agents) each time.
+                # Consecutive snapshots (a burst at an interval's end) merge together.
+                snapshots: list[tuple[AgentRecord | None, bytes, Snapshot]] = []
+                for identity, message in await self.server.receive_many(0.05):
                     agent = self.registry.by_identity(identity)
                     if agent is not None:
                         agent.saw()
-                    await self._handlers[type(message)](agent, identity, message) if type(
-                        message
-                    ) in self._handlers else self._unexpected(identity, message)
+                    if type(message) is Snapshot:
+                        snapshots.append((agent, identity, message))
+                        continue
+                    if snapshots:
+                        await self._on_snapshots(snapshots)
+                        snapshots = []
+                    handler = self._handlers.get(type(message))
+                    if handler is None:
+                        await self._unexpected(identity, message)
+                    else:
+                        await handler(agent, identity, message)
+                if snapshots:
+                    await self._on_snapshots(snapshots)
                 await self._tick()
             for agent in self.registry.alive():
                 await self._send(agent, Bye("run finished"))
             await asyncio.sleep(0.05)  # let the Byes leave before the socket closes
         finally:
+            if self.chaos is not None:
+                await self.chaos.close()  # every fault it added is removed, whatever happened
             if self.server is not None:
                 self.server.close()
             if security is not None and hasattr(security, "stop"):
                 security.stop()
             ctx.term()
+
+    # -- chaos ----------------------------------------------------------------------------
+    async def _check_chaos(self) -> None:
+        """Before any agent is waited for: every fault proxy named must answer."""
+        if not self.scenario.chaos:
+            return
+        problems = await ChaosTimeline(self.scenario.chaos, 0.0).preflight()
+        if problems:
+            raise CoordinatorFailure(
+                "; ".join(problems) + ": start it with `loadctl chaos proxy --listen ... "
+                "--upstream ...` or fix the scenario's chaos section"
+            )
+
+    def _chaos_event(self, kind: str, record: FaultRecord) -> None:
+        detail = record.window.label + (f": {record.error}" if record.error else "")
+        self.events.append(RunEvent(time.time(), f"fault-{kind}", "", detail))
+
+    def fault_records(self) -> list[dict[str, Any]]:
+        """Each fault window as the result records it (times in run seconds)."""
+        if self.chaos is None:
+            return []
+
+        def run_seconds(t: float | None) -> float | None:
+            return None if t is None else t - self.start_at
+
+        return [
+            {
+                "label": r.window.label,
+                "proxy": r.window.proxy,
+                "at": r.window.at,
+                "duration": r.window.duration,
+                "toxic": "down" if r.window.toxic is None else r.window.toxic.type,
+                "applied_at": run_seconds(r.applied_at),
+                "removed_at": run_seconds(r.removed_at),
+                "error": r.error,
+            }
+            for r in self.chaos.records
+        ]
 
     # -- clock-driven duties --------------------------------------------------------------
     async def _tick(self) -> None:
@@ -305,7 +365,12 @@ class Coordinator:
         max_rtt = max(a.clock_rtt for a in agents)
         self.start_at = time.time() + max(self.options.start_delay, 3 * max_rtt)
         for i, agent in enumerate(agents):
-            await self._plan(agent, Share(0, tuple(self.weights), i))
+            await self._plan(agent, Share(0.0, tuple(self.weights), i))
+        if self.scenario.chaos:
+            self.chaos = ChaosTimeline(
+                self.scenario.chaos, self.start_at, on_event=self._chaos_event
+            )
+            self.chaos.start()
         self.state = "running"
         log.info("run %s starts with %d agent(s)", self.run_id, len(agents))
 
@@ -324,34 +389,53 @@ class Coordinator:
             Plan(self.run_id, self.scenario.wire(), share, self.start_at, self.interval, files),
         )
 
-    async def _reshare(self, reason: str, agent_id: str) -> int:
-        at = self.current_interval() + 2
+    async def _reshare(self, reason: str, agent_id: str, since: float) -> float:
+        """New shares for every agent from run time `since` (no later than needed)."""
+        since = max(since, self.run_time() + SHARE_NOTICE)
         for position, other_id in enumerate(self.order):
             other = self.registry.get(other_id)
             if other is not None and other.alive and other.planned:
+                at = math.floor(since / self.interval)
                 await self._send(
-                    other, PlanUpdate(self.run_id, at, Share(at, tuple(self.weights), position))
+                    other, PlanUpdate(self.run_id, at, Share(since, tuple(self.weights), position))
                 )
         self.events.append(
             RunEvent(
-                time.time(), "rebalanced", agent_id, f"{reason}; new shares from interval {at}"
+                time.time(), "rebalanced", agent_id, f"{reason}; new shares from {since:.2f} s"
             )
         )
-        return at
+        return since
 
     async def _lost(self, agent: AgentRecord) -> None:
+        silence = agent.silence()
         agent.lost_at = time.time()
         self.events.append(
-            RunEvent(agent.lost_at, "lost", agent.agent_id, f"silent for {agent.silence():.1f} s")
+            RunEvent(agent.lost_at, "lost", agent.agent_id, f"silent for {silence:.1f} s")
         )
-        log.warning("agent %s lost (silent for %.1f s)", agent.agent_id, agent.silence())
+        log.warning("agent %s lost (silent for %.1f s)", agent.agent_id, silence)
+        await self._send(agent, Stop(self.run_id, REJOIN))  # heard only if the link is half up
         if self.options.rebalance and self.state == "running" and agent.agent_id in self.order:
             self.weights[self.order.index(agent.agent_id)] = 0
             if any(self.weights):
-                await self._reshare("agent lost", agent.agent_id)
+                # The lost agent stops by itself `deadman` seconds after it last heard us,
+                # which was no later than we last heard it: its share moves only then,
+                # so no arrival is sent twice.
+                # It may have heard our last heartbeat up to one heartbeat after we last
+                # heard it, hence the heartbeat in the sum.
+                last_heard = self.run_time() - silence
+                stopped_by = last_heard + self.options.heartbeat + self.options.deadman
+                await self._reshare("agent lost", agent.agent_id, stopped_by + DEADMAN_MARGIN)
+
+    async def _ask_rejoin(self, agent: AgentRecord) -> None:
+        """A lost agent is back: it stops its old share, hands over its results and, if
+        the run has time left, says Ready and rejoins with a new one (asked once a second)."""
+        now = time.monotonic()
+        if now - agent.rejoin_asked >= 1.0:
+            agent.rejoin_asked = now
+            await self._send(agent, Stop(self.run_id, REJOIN))
 
     async def _join(self, agent: AgentRecord) -> None:
-        """An agent that arrives (or returns) mid-run gets a share from a coming boundary."""
+        """An agent that arrives (or returns) mid-run gets a share from a moment on."""
         if agent.agent_id in self.order:
             self.weights[self.order.index(agent.agent_id)] = 1
         else:
@@ -360,12 +444,12 @@ class Coordinator:
         agent.joined_at = time.time()
         agent.lost_at = None
         agent.done_seq = None  # it runs again: complete only after its next Done
-        at = await self._reshare("agent joined", agent.agent_id)
+        since = await self._reshare("agent joined", agent.agent_id, self.run_time())
         position = self.order.index(agent.agent_id)
-        await self._plan(agent, Share(at, tuple(self.weights), position))
+        await self._plan(agent, Share(since, tuple(self.weights), position))
         for update in self.updates:
             await self._send(agent, update)
-        self.events.append(RunEvent(time.time(), "joined", agent.agent_id, f"from interval {at}"))
+        self.events.append(RunEvent(time.time(), "joined", agent.agent_id, f"from {since:.2f} s"))
 
     def _planned_alive(self) -> list[AgentRecord]:
         return [a for a in self.registry.planned() if a.alive]
@@ -423,19 +507,40 @@ class Coordinator:
     async def _on_snapshot(
         self, agent: AgentRecord | None, identity: bytes, snapshot: Snapshot
     ) -> None:
+        await self._on_snapshots([(agent, identity, snapshot)])
+
+    async def _on_snapshots(self, batch: list[tuple[AgentRecord | None, bytes, Snapshot]]) -> None:
+        """Snapshots received together: each checked and acked in turn, then merged
+        together (`Timeline.add_many`; a malformed one is still dropped alone)."""
         assert self.server is not None
-        if agent is None or snapshot.agent_id != agent.agent_id:
-            self.server.reject("unknown-agent", identity, "snapshot from an unknown agent")
-            return
-        await self.server.send(identity, Ack(snapshot.run_id, (snapshot.seq,)))
-        if snapshot.run_id != self.run_id:
-            self.server.reject("unknown-run", identity, f"snapshot for run {snapshot.run_id!r}")
-            return
-        try:
-            self.timeline.add(snapshot)
-        except ValueError as error:
-            self.server.reject("bad-snapshot", identity, str(error))
-            return
+        accepted: list[tuple[AgentRecord, bytes, Snapshot]] = []
+        for agent, identity, snapshot in batch:
+            if agent is None or snapshot.agent_id != agent.agent_id:
+                self.server.reject("unknown-agent", identity, "snapshot from an unknown agent")
+                continue
+            if not agent.planned:  # only agents this run gave a share may add to its results
+                self.server.reject(
+                    "unplanned-agent", identity, "snapshot from an agent with no plan"
+                )
+                continue
+            await self.server.send(identity, Ack(snapshot.run_id, (snapshot.seq,)))
+            if snapshot.run_id != self.run_id:
+                self.server.reject("unknown-run", identity, f"snapshot for run {snapshot.run_id!r}")
+                continue
+            accepted.append((agent, identity, snapshot))
+        results = self.timeline.add_many([snapshot for _, _, snapshot in accepted])
+        for (agent, identity, snapshot), merged in zip(accepted, results, strict=True):
+            if isinstance(merged, ValueError):
+                self.server.reject("bad-snapshot", identity, str(merged))
+                continue
+            if not agent.alive:  # results of a lost agent are kept; its load must stop
+                await self._ask_rejoin(agent)
+            if not merged:  # a resend of what we have: the per-agent counts have it too
+                continue
+            self._count_snapshot(agent, snapshot)
+
+    def _count_snapshot(self, agent: AgentRecord, snapshot: Snapshot) -> None:
+        """The per-agent counts of a merged snapshot."""
         agent.seqs.add(snapshot.seq)
         agent.arrivals += sum(s.arrivals for s in snapshot.series)
         agent.requests += sum(
@@ -450,6 +555,8 @@ class Coordinator:
             agent.note_resources(beat.cpu_percent, beat.rss_bytes)
             agent.in_flight = beat.in_flight
             agent.state = beat.state
+            if not agent.alive and agent.planned and self.state in ("running", "draining"):
+                await self._ask_rejoin(agent)
 
     async def _on_done(self, agent: AgentRecord | None, identity: bytes, done: Done) -> None:
         if agent is not None and done.run_id == self.run_id:

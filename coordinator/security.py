@@ -52,9 +52,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import zmq
-from loadctl.protocol.keys import KeyPair, load_allowed, load_coordinator_keys
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
+
+from loadctl.protocol.keys import KeyPair, load_allowed, load_coordinator_keys
 
 __all__ = ["ZAP_DOMAIN", "Refusal", "ServerSecurity"]
 

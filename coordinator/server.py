@@ -15,6 +15,7 @@ from collections import Counter
 
 import zmq
 import zmq.asyncio
+
 from loadctl.protocol.codec import MAX_FRAME_BYTES, ProtocolError, VersionMismatch, decode, encode
 from loadctl.protocol.messages import PROTOCOL_VERSION, Error, Message
 
@@ -54,40 +55,63 @@ class Server:
         if callable(apply):
             apply(self.socket)
         self.socket.bind(bind)
+        # The same socket without asyncio futures, for the calls that never wait
+        # (non-blocking receive and send): per message, a future costs more than the call.
+        self.now: zmq.Socket[bytes] = zmq.Socket.shadow(self.socket.underlying)
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.rejected: Counter[str] = Counter()
         self.limited = RateLimitedLog()
 
     async def receive(self, timeout: float) -> tuple[bytes, Message] | None:
         """The next valid (identity, message), or None when `timeout` passes."""
+        got = await self.receive_many(timeout, limit=1)
+        return got[0] if got else None
+
+    async def receive_many(self, timeout: float, limit: int = 256) -> list[tuple[bytes, Message]]:
+        """The valid (identity, message) pairs ready now, at most `limit`, in arrival
+        order; waits up to `timeout` for the first one (an empty list if none came)."""
+        out: list[tuple[bytes, Message]] = []
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not await self.socket.poll(remaining * 1000):
-                return None
-            frames = await self.socket.recv_multipart()
-            if len(frames) != 2:
-                self.reject(
-                    "frames", frames[0] if frames else b"?", f"{len(frames)} frames instead of 2"
-                )
-                continue
-            identity, data = frames
-            try:
-                return identity, decode(data)
-            except VersionMismatch as error:
-                self.reject("version", identity, str(error))
-                await self.send(
-                    identity,
-                    Error(
-                        "version",
-                        (
-                            f"this coordinator speaks protocol {PROTOCOL_VERSION}, the agent "
-                            f"{error.version!r}: install the same loadctl version everywhere"
-                        ),
+                return out
+            for _ in range(limit - len(out)):
+                try:
+                    frames = self.now.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                got = self._accept(frames)
+                if got is not None:
+                    out.append(got)
+            if out:
+                return out
+
+    def _accept(self, frames: list[bytes]) -> tuple[bytes, Message] | None:
+        """Decode one received message, or count, log and drop it."""
+        if len(frames) != 2:
+            self.reject(
+                "frames", frames[0] if frames else b"?", f"{len(frames)} frames instead of 2"
+            )
+            return None
+        identity, data = frames
+        try:
+            return identity, decode(data)
+        except VersionMismatch as error:
+            self.reject("version", identity, str(error))
+            self._send_now(
+                identity,
+                Error(
+                    "version",
+                    (
+                        f"this coordinator speaks protocol {PROTOCOL_VERSION}, the agent "
+                        f"{error.version!r}: install the same loadctl version everywhere"
                     ),
-                )
-            except ProtocolError as error:
-                self.reject(type(error).__name__, identity, str(error))
+                ),
+            )
+        except ProtocolError as error:
+            self.reject(type(error).__name__, identity, str(error))
+        return None
 
     def reject(self, kind: str, identity: bytes, detail: str) -> None:
         self.rejected[kind] += 1
@@ -96,8 +120,11 @@ class Server:
         )
 
     async def send(self, identity: bytes, message: Message) -> None:
+        self._send_now(identity, message)
+
+    def _send_now(self, identity: bytes, message: Message) -> None:
         try:
-            await self.socket.send_multipart([identity, encode(message)], flags=zmq.NOBLOCK)
+            self.now.send_multipart([identity, encode(message)], flags=zmq.NOBLOCK)
         except zmq.Again:
             self.limited.warn(
                 "send",
@@ -107,4 +134,4 @@ class Server:
             )
 
     def close(self) -> None:
-        self.socket.close(linger=0)
+        self.socket.close(linger=0)  # the shadow `now` goes with it

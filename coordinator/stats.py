@@ -7,10 +7,11 @@ histogram, never averaged across agents or intervals.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from loadctl.protocol.histogram import Histogram, WireParts, decode_wire
+from loadctl.protocol.histogram import Histogram, WireBatch, WireParts, decode_wire, decode_wires
 from loadctl.protocol.messages import Series
 
 PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9, 99.99)
@@ -34,6 +35,10 @@ class Totals:
         self.latency.add_parts(parts[0])
         self.service.add_parts(parts[1])
         self.send_lag.add_parts(parts[2])
+        self.add_counters(s)
+
+    def add_counters(self, s: Series) -> None:
+        """Add a series' counters (its histograms are merged separately)."""
         self.arrivals += s.arrivals
         for k, v in s.outcomes.items():
             self.outcomes[k] = self.outcomes.get(k, 0) + v
@@ -96,6 +101,20 @@ def validate_series(s: Series) -> SeriesParts:
     if any(v < 0 or v > _MAX_COUNTER for v in counters):
         raise ValueError("counters out of range")
     return decode_wire(s.latency), decode_wire(s.service), decode_wire(s.send_lag)
+
+
+def validate_snapshot_series(series: Sequence[Series]) -> WireBatch:
+    """`validate_series` for all of a snapshot's series at once: ValueError if any is
+    malformed; else their histograms (latency, service, send_lag of each, in order),
+    validated together, ready for one merge (`add_batch`)."""
+    counters = [
+        v for s in series for v in (s.arrivals, s.bytes_in, s.checks_passed, s.checks_failed)
+    ]
+    for s in series:
+        counters += s.outcomes.values()
+    if counters and (min(counters) < 0 or max(counters) > _MAX_COUNTER):
+        raise ValueError("counters out of range")
+    return decode_wires([w for s in series for w in (s.latency, s.service, s.send_lag)])
 
 
 _MAX_COUNTER = 2**62

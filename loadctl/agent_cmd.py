@@ -80,7 +80,7 @@ def _security(keys: Path | None, name: str | None, insecure: bool, endpoint: str
 )
 @click.option(
     "--deadman",
-    default=2.5,
+    default=2.0,
     show_default=True,
     help="Stop all load after this many seconds without the coordinator.",
 )

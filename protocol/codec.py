@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any, Union
 
 import msgpack
+
 from loadctl.protocol.messages import MESSAGE_TYPES, OPAQUE, PROTOCOL_VERSION, Message
 
 MAX_FRAME_BYTES = 64 * 1024 * 1024
@@ -207,10 +208,109 @@ def _converter_for(tp: Any) -> _Converter:
     raise TypeError(f"no wire converter for {tp!r}")  # a programming error, at import
 
 
+class _Fallback(Exception):
+    """Internal: the fast decoder met something it does not take; the checked
+    converters decide, and say what is wrong and where."""
+
+
+_FALLBACK = _Fallback()
+_INLINE_CHECKS = {int: "int", str: "str", bytes: "bytes", bool: "bool"}
+
+
+def _fast_record(cls: type, made: dict[type, _Converter]) -> _Converter:
+    """`_record(cls)` for well-formed input, generated as one function with the field
+    checks inline (the coordinator decodes thousands of snapshots a second).
+
+    Wherever `_record` would fail it raises _Fallback or _Invalid instead, so the
+    caller reruns `_record` for the error and its path; it returns exactly what
+    `_record` returns otherwise. Types it has no inline check for go through
+    their checked converter. A message with fewer fields (defaults) falls back."""
+    if cls in made:
+        return made[cls]
+    hints = typing.get_type_hints(cls, include_extras=True)
+    fields = dataclasses.fields(cls)
+    names = [f"v{i}" for i in range(len(fields))]
+    ns: dict[str, Any] = {"_F": _FALLBACK, "_cls": cls}
+    body = [
+        "def fast(value):",
+        f"    if type(value) is not list or len(value) != {len(fields)}:",
+        "        raise _F",
+        f"    {', '.join(names)}, = value",
+    ]
+    for i, f in enumerate(fields):
+        body += _fast_field(hints[f.name], f"v{i}", ns, made)
+    body.append(f"    return _cls({', '.join(names)})")
+    exec("\n".join(body), ns)  # generated from the message classes only, at import
+    fast: _Converter = ns["fast"]
+    made[cls] = fast
+    return fast
+
+
+def _fast_field(tp: Any, v: str, ns: dict[str, Any], made: dict[type, _Converter]) -> list[str]:
+    """Lines that check and convert the variable `v` of type `tp` in place."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Annotated:
+        if OPAQUE in args[1:]:
+            return [f"    if type({v}) is not dict:", "        raise _F"]
+        return _fast_field(args[0], v, ns, made)
+    if tp in _INLINE_CHECKS:
+        return [f"    if type({v}) is not {_INLINE_CHECKS[tp]}:", "        raise _F"]
+    if tp is float:
+        return [
+            f"    if type({v}) is not float:",
+            f"        if type({v}) is not int:",
+            "            raise _F",
+            f"        {v} = float({v})",
+        ]
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        ns[f"_r_{v}"] = _fast_record(tp, made)
+        return [f"    {v} = _r_{v}({v})"]
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        item = args[0]
+        if dataclasses.is_dataclass(item) and isinstance(item, type):
+            ns[f"_r_{v}"] = _fast_record(item, made)
+            return [
+                f"    if type({v}) is not list:",
+                "        raise _F",
+                f"    {v} = tuple([_r_{v}(e) for e in {v}])",
+            ]
+        if item in _INLINE_CHECKS:
+            return [
+                f"    if type({v}) is not list:",
+                "        raise _F",
+                f"    for e in {v}:",
+                f"        if type(e) is not {_INLINE_CHECKS[item]}:",
+                "            raise _F",
+                f"    {v} = tuple({v})",
+            ]
+    if origin is dict and args[0] in _INLINE_CHECKS and args[1] in _INLINE_CHECKS:
+        # msgpack made the map just now: checked, it is what _mapping would rebuild
+        return [
+            f"    if type({v}) is not dict:",
+            "        raise _F",
+            f"    for k, e in {v}.items():",
+            f"        if type(k) is not {_INLINE_CHECKS[args[0]]} "
+            f"or type(e) is not {_INLINE_CHECKS[args[1]]}:",
+            "            raise _F",
+        ]
+    ns[f"_c_{v}"] = _converter_for(tp)  # raises _Invalid: the caller falls back
+    return [f"    {v} = _c_{v}({v})"]
+
+
+_PLAIN = (int, float, str, bytes, bool, type(None))
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
 def _to_plain(value: Any) -> Any:
     """Dataclasses become field lists, recursively; everything else msgpack knows."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return [_to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)]
+    kind = type(value)
+    if kind in _PLAIN:
+        return value
+    names = _FIELD_NAMES.get(kind)
+    if names is None and dataclasses.is_dataclass(value) and not isinstance(value, type):
+        names = _FIELD_NAMES[kind] = tuple(f.name for f in dataclasses.fields(value))
+    if names is not None:
+        return [_to_plain(getattr(value, name)) for name in names]
     if isinstance(value, tuple | list):
         return [_to_plain(v) for v in value]
     if isinstance(value, dict):
@@ -219,6 +319,8 @@ def _to_plain(value: Any) -> Any:
 
 
 _DECODERS: dict[int, _Converter] = {cls.TYPE: _record(cls) for cls in MESSAGE_TYPES}
+_FAST_MADE: dict[type, _Converter] = {}
+_FAST: dict[int, _Converter] = {cls.TYPE: _fast_record(cls, _FAST_MADE) for cls in MESSAGE_TYPES}
 _NAMES: dict[int, str] = {cls.TYPE: cls.__name__ for cls in MESSAGE_TYPES}
 assert len(_DECODERS) == len(MESSAGE_TYPES), "two message classes share a TYPE"
 
@@ -255,7 +357,10 @@ def decode(data: bytes) -> Message:
     if decoder is None:
         raise UnknownMessageType(f"unknown message type {type_id}")
     try:
-        message: Message = decoder(fields)
+        try:
+            message: Message = _FAST[type_id](fields)
+        except (_Fallback, _Invalid):
+            message = decoder(fields)  # the checked way: the same result, or the error
     except _Invalid as error:
         raise InvalidMessage(f"{_NAMES[type_id]}{error.path}: {error.problem}") from None
     except (TypeError, ValueError, RecursionError) as error:  # from a constructor's own checks

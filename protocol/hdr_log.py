@@ -37,6 +37,7 @@ from typing import IO, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
+
 from loadctl.protocol.histogram import Histogram, HistogramWireError
 
 __all__ = [

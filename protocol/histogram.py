@@ -611,32 +611,60 @@ _NO_SLOTS: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
 class WireBatch:
     """Validated wire forms of several histograms, flattened (see `decode_wires`).
 
-    `idx` and `cnt` hold the slot indices and counts of every histogram, one
-    histogram after the other; `lengths[k]` is histogram k's number of non-empty
-    slots and `scalars[k]` its (count, overflow, min, max)."""
+    `lengths[k]` is histogram k's number of non-empty slots and `scalars[k]` its
+    (count, overflow, min, max). Their slots, histogram after histogram, are kept
+    as decoded: `deltas` (index deltas), `at` (where each non-empty histogram
+    starts in them), `lasts` (its last index) and `cnt` (the counts); the prefix
+    sum that turns deltas into indices is left to the merge, which folds the
+    target rows into it (`add_batch`), or done on demand (`idx`, `parts`)."""
 
-    __slots__ = ("cnt", "idx", "lengths", "scalars")
+    __slots__ = ("_idx", "at", "cnt", "deltas", "lasts", "lengths", "scalars")
 
     def __init__(
         self,
-        idx: npt.NDArray[np.int64],
+        deltas: npt.NDArray[Any],
+        at: npt.NDArray[np.intp],
+        lasts: npt.NDArray[np.int64],
         cnt: npt.NDArray[np.uint64],
         lengths: list[int],
         scalars: list[tuple[int, int, int, int]],
     ) -> None:
-        self.idx = idx
+        self.deltas = deltas
+        self.at = at
+        self.lasts = lasts
         self.cnt = cnt
         self.lengths = lengths
         self.scalars = scalars
+        self._idx: npt.NDArray[np.int64] | None = None
 
     def __len__(self) -> int:
         return len(self.scalars)
+
+    @property
+    def idx(self) -> npt.NDArray[np.int64]:
+        """The slot indices of every histogram, one after the other."""
+        if self._idx is None:
+            self._idx = _prefix_sums(self, np.zeros(self.at.size, dtype=np.int64))
+        return self._idx
 
     def parts(self, k: int) -> WireParts:
         """Histogram k as `decode_wire` returns it."""
         a = sum(self.lengths[:k])
         b = a + self.lengths[k]
         return (self.idx[a:b], self.cnt[a:b], *self.scalars[k])
+
+
+def _prefix_sums(batch: WireBatch, offsets: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Each non-empty histogram's indices plus its offset, in one prefix sum: the delta
+    that starts histogram k also undoes where histogram k - 1 ended."""
+    out = batch.deltas.astype(np.int64)
+    if out.size:
+        at = batch.at
+        out[at[0]] += offsets[0]
+        if at.size > 1:
+            out[at[1:]] += offsets[1:] - offsets[:-1] - batch.lasts[:-1]
+        np.cumsum(out, out=out)
+    return out
 
 
 def decode_wires(wires: Sequence[Any]) -> WireBatch:
@@ -701,7 +729,7 @@ def decode_wires(wires: Sequence[Any]) -> WireBatch:
         lengths.append(n)
         scalars.append((count, overflow, mn, mx))
     if not starts:
-        return WireBatch(_NO_SLOTS, _NO_COUNTS, lengths, scalars)
+        return WireBatch(_NO_DELTAS, _NO_STARTS, _NO_SLOTS, _NO_COUNTS, lengths, scalars)
     deltas = np.frombuffer(b"".join(ibs), dtype=_INDEX_DTYPES[2])
     at = np.array(starts, dtype=np.intp)
     firsts = deltas[at]
@@ -712,10 +740,6 @@ def decode_wires(wires: Sequence[Any]) -> WireBatch:
     lasts = np.add.reduceat(deltas, at, dtype=np.int64)  # a histogram's deltas sum to its last
     if int(lasts.max()) >= COUNTS_LEN:
         return _decode_each(wires)
-    idx = deltas.astype(np.int64)
-    if len(starts) > 1:
-        idx[at[1:]] -= lasts[:-1]  # each histogram's prefix sum starts afresh
-    np.cumsum(idx, out=idx)
     arrays = [np.frombuffer(b"".join(parts), dtype=_COUNT_DTYPES[w]) for w, parts in runs]
     cnt = (
         np.concatenate(arrays, dtype=np.uint64) if len(arrays) > 1 else arrays[0].astype(np.uint64)
@@ -727,16 +751,29 @@ def decode_wires(wires: Sequence[Any]) -> WireBatch:
     for (mn, mx, overflow), first, last in zip(ends, firsts.tolist(), lasts.tolist(), strict=True):
         if index_of(mn) != first or (not overflow and index_of(mx) != last):
             return _decode_each(wires)
-    return WireBatch(idx, cnt, lengths, scalars)
+    return WireBatch(deltas, at, lasts, cnt, lengths, scalars)
 
 
 def _decode_each(wires: Sequence[Any]) -> WireBatch:
     """One by one through decode_wire: raises its precise error, or builds the batch."""
     parts = [decode_wire(d) for d in wires]
-    nonempty = [p for p in parts if p[0].size]
+    full = [p for p in parts if p[0].size]
+    if not full:
+        return WireBatch(
+            _NO_DELTAS,
+            _NO_STARTS,
+            _NO_SLOTS,
+            _NO_COUNTS,
+            [0] * len(parts),
+            [(p[2], p[3], p[4], p[5]) for p in parts],
+        )
+    sizes = np.array([p[0].size for p in full], dtype=np.intp)
     return WireBatch(
-        np.concatenate([p[0] for p in nonempty]) if nonempty else _NO_SLOTS,
-        np.concatenate([p[1] for p in nonempty], dtype=np.uint64) if nonempty else _NO_COUNTS,
+        # indices < COUNTS_LEN < 2^16: each histogram's deltas fit 16 bits
+        np.concatenate([np.diff(p[0], prepend=0) for p in full]).astype(np.uint16),
+        np.cumsum(sizes) - sizes,
+        np.array([int(p[0][-1]) for p in full], dtype=np.int64),
+        np.concatenate([p[1] for p in full], dtype=np.uint64),
         [int(p[0].size) for p in parts],
         [(p[2], p[3], p[4], p[5]) for p in parts],
     )
@@ -763,19 +800,23 @@ def add_batch(
 ) -> None:
     """Merge histogram k of `batch` into `histograms[k]`, whose counts are row `rows[k]`
     of `block` (C-contiguous, COUNTS_LEN columns; see Histogram.over), in one scatter.
-    All or nothing: the count limit is checked for every histogram first."""
+    Several may share a row. All or nothing: the count limit is checked first."""
     if len(rows) != len(batch) or len(histograms) != len(batch):
         raise ValueError("one row and one histogram per histogram of the batch")
     if not block.flags.c_contiguous or block.ndim != 2 or block.shape[1] != COUNTS_LEN:
         raise ValueError("block must be a C-contiguous array of COUNTS_LEN columns")
     check_batch(histograms, batch)
-    if batch.idx.size:
-        flat = block.reshape(-1)  # a view: the block is contiguous
-        offsets = np.repeat(np.asarray(rows, dtype=np.int64) * COUNTS_LEN, batch.lengths)
-        offsets += batch.idx
-        np.add.at(flat, offsets, batch.cnt)
+    if batch.cnt.size:
+        offsets = np.array(rows, dtype=np.int64)
+        if batch.at.size != offsets.size:  # some are empty: only the others have slots
+            offsets = offsets[np.array(batch.lengths) > 0]
+        offsets *= COUNTS_LEN
+        np.add.at(block.reshape(-1), _prefix_sums(batch, offsets), batch.cnt)
     for h, (count, overflow, mn, mx) in zip(histograms, batch.scalars, strict=True):
-        h._add_scalars(count, overflow, mn, mx)
+        if count:
+            h._add_scalars(count, overflow, mn, mx)
 
 
 _NO_COUNTS: npt.NDArray[np.uint64] = np.zeros(0, dtype=np.uint64)
+_NO_DELTAS: npt.NDArray[np.uint16] = np.zeros(0, dtype=np.uint16)
+_NO_STARTS: npt.NDArray[np.intp] = np.zeros(0, dtype=np.intp)

@@ -32,16 +32,17 @@ class Share:
 
     `weights[index]` is this agent's weight; the striping maths in
     `loadctl.protocol.segments` turns the weights into exact, interleaved
-    subsets of arrivals and users. `since` is the interval index from which
-    this share holds.
+    subsets of arrivals and users. `since` is the run time (seconds from the
+    run start) from which this share holds: not tied to interval boundaries,
+    so a lost agent's work moves as soon as it has surely stopped.
     """
 
-    since: int
+    since: float
     weights: tuple[int, ...]
     index: int
 
     def __post_init__(self) -> None:  # the codec turns a ValueError into InvalidMessage
-        if self.since < 0 or not 0 <= self.index < len(self.weights):
+        if not self.since >= 0 or not 0 <= self.index < len(self.weights):
             raise ValueError("share index out of range")
         if any(w < 0 for w in self.weights) or sum(self.weights) <= 0 or len(self.weights) > 65536:
             raise ValueError("share weights must be non-negative with a positive sum")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from loadctl.protocol.clock import ClockEstimate, ClockSample, estimate
 
 SETTINGS = settings(max_examples=40, deadline=None)

@@ -112,7 +112,7 @@ def strategy_for(tp: Any) -> st.SearchStrategy[Any]:
             .filter(sum)
             .flatmap(
                 lambda w: st.builds(
-                    Share, st.integers(0, 2**40), st.just(tuple(w)), st.integers(0, len(w) - 1)
+                    Share, st.floats(0, 1e9), st.just(tuple(w)), st.integers(0, len(w) - 1)
                 )
             )
         )

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import zmq
 import zmq.asyncio
+
 from loadctl.agent.security import ClientSecurity
 from loadctl.coordinator.security import ServerSecurity
 from loadctl.protocol.keys import (

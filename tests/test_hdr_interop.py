@@ -17,6 +17,7 @@ from hdrh.histogram import HdrHistogram
 from hdrh.log import HistogramLogReader, HistogramLogWriter
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from loadctl.protocol.hdr_log import (
     decode_v2,
     load_interval_log,

@@ -10,6 +10,7 @@ import numpy.typing as npt
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+
 from loadctl.protocol.histogram import COUNTS_LEN, Histogram, HistogramWireError
 
 HIGHEST = Histogram.HIGHEST

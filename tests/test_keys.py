@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import zmq
 import zmq.auth
+
 from loadctl.protocol.keys import (
     KeyFileError,
     KeyPair,

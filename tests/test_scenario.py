@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from loadctl.protocol.codec import decode, encode
 from loadctl.protocol.fields import ScenarioError, parse_duration
 from loadctl.protocol.messages import Plan, Share
 from loadctl.protocol.scenario import Phase, Scenario, ThinkTime
-
 from loadctl.scenario_file import ScenarioFileError, load_scenario, parse_scenario_text
 
 

@@ -10,6 +10,7 @@ from fractions import Fraction
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+
 from loadctl.protocol.schedule import RateCurve, RateStage, UserCurve, UserStage
 
 SETTINGS = settings(max_examples=40, deadline=None)

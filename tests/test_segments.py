@@ -9,6 +9,7 @@ from fractions import Fraction
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from loadctl.agent.shares import ShareBook
 from loadctl.protocol.messages import Share
 from loadctl.protocol.schedule import RateCurve, RateStage
@@ -243,7 +244,7 @@ def agent_books(timeline: list[tuple[int, tuple[int, ...]]], interval: float) ->
         for since, weights in timeline:
             if index >= len(weights):
                 continue
-            share = Share(since, weights, index)
+            share = Share(since * interval, weights, index)
             if book is None:
                 book = ShareBook(share, interval)
             else:

@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
 from target_process import TARGET_COMMAND, TargetProcess, running_target
 
 DEFAULTS: dict[str, Any] = {

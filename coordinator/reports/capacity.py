@@ -71,7 +71,7 @@ def _verdict(step: dict[str, Any]) -> str:
     if v == "generator":
         return "⚠ generator: " + "; ".join(step.get("generator_reasons", []))
     if v == "ok":
-        return "✓ ok"
+        return "✓ ok" + "".join(f" ({n})" for n in step.get("notes", []))
     return str(v)
 
 
@@ -92,7 +92,8 @@ def step_line(step: dict[str, Any]) -> str:
         return f"{head} → SLO broken: {', '.join(broken)}"
     if step.get("verdict") == "generator":
         return f"{head} → generator: {'; '.join(step.get('generator_reasons', []))}"
-    return f"{head} → {step.get('verdict', '')}"
+    notes = "".join(f" ({n})" for n in step.get("notes", []))
+    return f"{head} → {step.get('verdict', '')}{notes}"
 
 
 def _step_row(step: dict[str, Any]) -> list[str]:
@@ -211,14 +212,14 @@ def _html_table(header: tuple[str, ...], rows: list[list[str]]) -> str:
     head = "".join(
         f"<th{' class=l' if i == 0 else ''}>{escape(h)}</th>" for i, h in enumerate(header)
     )
-    body = "".join(
-        "<tr>"
-        + "".join(
-            f"<td{' class=l' if i in (0, 1) else ''}>{escape(c)}</td>" for i, c in enumerate(r)
-        )
-        + "</tr>"
-        for r in rows
-    )
+    last = len(header) - 1
+    wrap = ' class=l style="white-space:normal;min-width:16em"'  # the verdict: may be long
+
+    def cell(i: int, text: str) -> str:
+        attrs = wrap if i == last else " class=l" if i in (0, 1) else ""
+        return f"<td{attrs}>{escape(text)}</td>"
+
+    body = "".join("<tr>" + "".join(cell(i, c) for i, c in enumerate(r)) + "</tr>" for r in rows)
     return f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 

@@ -1,0 +1,740 @@
+# Coordinator scale: how much CPU, lag and memory the REAL coordinator needs to
+# take snapshots from 50, 200 and 1,000 agents. The agents are simulated: many
+# DEALER sockets in a few spawned processes, each doing the real handshake
+# (Hello → Welcome, five Ping/Pong rounds, Ready), taking its Plan, sending
+# Started, then every interval a snapshot of 10 request names (three histograms
+# each, recorded from log-normal latencies of a few hundred to a few thousand
+# requests per name per second), heartbeats twice a second, resending what is
+# not acked after 2 s, and Done at the end. Snapshot frames are precomputed and
+# only their seq / interval / times are patched (checked byte for byte against
+# the real codec). The coordinator runs in its own process, unmodified except
+# for a subclass that records timings; its scenario's target (port 9) is never
+# contacted, because no real agent runs.
+#
+# Prints per size (medians of 1-s samples; the machine is shared, so CPU is the
+# coordinator process's own CPU time, from psutil):
+#   cpu%       coordinator CPU over the steady part of the run (median of 1-s
+#              samples, and the mean over the whole window)
+#   µs/snap    coordinator CPU per snapshot (all of its work, heartbeats included)
+#   add µs     Timeline.add per snapshot (decode-validate-merge), median / p99
+#   merge lag  agent's send of a snapshot (= its arrival, on loopback) to merged
+#              in the timeline, median / p99 / max (includes the socket queue,
+#              decode, validation and the merge)
+#   e2e lag    the snapshot's interval end to merged (adds the agents' cut)
+#   RSS        coordinator RSS at the end of the steady part
+#
+#   python bench/coordinator_scale.py                     # 50, 200, 1000 agents, 25 s each
+#   python bench/coordinator_scale.py --agents 1000 --seconds 20 --profile /tmp/coord.prof
+from __future__ import annotations
+
+import argparse
+import contextlib
+import heapq
+import itertools
+import math
+import multiprocessing as mp
+import os
+import queue
+import resource
+import socket
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+import psutil
+
+INTERVAL = 1.0
+NAMES = tuple(f"req-{i:02d}" for i in range(10))
+PHASE = "steady"
+VARIANTS = 4  # distinct precomputed snapshot bodies per agent process
+HEARTBEAT = 0.5  # the coordinator's Welcome says so too; real agents beat at this rate
+RESEND_AFTER = 2.0  # as agent.link
+
+
+def raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def scenario_dict(agents: int, seconds: int) -> dict[str, Any]:
+    return {
+        "name": "coordinator-scale",
+        "target": "http://127.0.0.1:9",  # never contacted: the agents are simulated
+        "defaults": {"timeout": "1s"},
+        "requests": [{"name": n, "path": f"/{n}"} for n in NAMES],
+        "phases": [
+            {"name": PHASE, "executor": "constant-rate", "rate": agents, "duration": seconds}
+        ],
+    }
+
+
+# -- the coordinator process ------------------------------------------------------------
+
+
+def coordinator_main(
+    endpoint: str, agents: int, seconds: int, out: Any, profile: str | None
+) -> None:
+    """Run the real Coordinator with timing hooks; put its figures on `out`."""
+    import uvloop
+
+    from loadctl.coordinator.run import Coordinator, CoordinatorOptions
+    from loadctl.coordinator.timeline import Timeline
+    from loadctl.protocol.messages import Snapshot
+    from loadctl.protocol.scenario import Scenario
+
+    raise_nofile()
+
+    class TimedTimeline(Timeline):
+        """Timeline that records the CPU time of each merge, per snapshot."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.add_seconds: list[float] = []
+            self.batches: list[int] = []
+
+        def add(self, snapshot: Snapshot) -> bool:
+            t0 = time.thread_time()
+            try:
+                return super().add(snapshot)
+            finally:
+                self.add_seconds.append(time.thread_time() - t0)
+
+        def add_many(self, snapshots: Sequence[Snapshot]) -> list[bool | ValueError]:
+            t0 = time.thread_time()
+            try:
+                return super().add_many(snapshots)
+            finally:
+                if snapshots:
+                    share = (time.thread_time() - t0) / len(snapshots)
+                    self.add_seconds += [share] * len(snapshots)
+                    self.batches.append(len(snapshots))
+
+    batched = hasattr(Coordinator, "_on_snapshots")  # older coordinators: one at a time
+
+    class BenchCoordinator(Coordinator):
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            self.timeline = TimedTimeline()
+            self.merged: list[tuple[str, int, float, float]] = []  # agent, seq, end, at
+            self.handler_seconds: list[float] = []
+
+        def _record(self, snapshots: list[Snapshot], cpu: float) -> None:
+            now = time.time()
+            for snapshot in snapshots:
+                self.handler_seconds.append(cpu / len(snapshots))
+                self.merged.append((snapshot.agent_id, snapshot.seq, snapshot.end, now))
+
+        async def _on_snapshots(self, batch: list[tuple[Any, bytes, Snapshot]]) -> None:
+            t0 = time.thread_time()
+            await super()._on_snapshots(batch)  # type: ignore[misc]
+            self._record([s for _, _, s in batch], time.thread_time() - t0)
+
+        async def _on_snapshot(self, agent: Any, identity: bytes, snapshot: Snapshot) -> None:
+            t0 = time.thread_time()
+            await super()._on_snapshot(agent, identity, snapshot)
+            if not batched:
+                self._record([snapshot], time.thread_time() - t0)
+
+    scenario = Scenario.from_dict(scenario_dict(agents, seconds))
+    options = CoordinatorOptions(bind=endpoint, agents=agents, wait_timeout=180.0)
+    coordinator = BenchCoordinator(scenario, options)
+    profiler = None
+    if profile:
+        import cProfile
+
+        profiler = cProfile.Profile(time.thread_time)  # CPU of the event loop's thread
+        profiler.enable()
+    uvloop.run(coordinator.run())
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(profile)
+    totals = coordinator.timeline.run_totals()
+    server = coordinator.server
+    out.put(
+        {
+            "start_at": coordinator.start_at,
+            "ended_at": coordinator.ended_at,
+            "status": coordinator.status,
+            "events": [(e.kind, e.agent, e.detail) for e in coordinator.events],
+            "merged": coordinator.merged,
+            "add_seconds": coordinator.timeline.add_seconds,
+            "handler_seconds": coordinator.handler_seconds,
+            "duplicates": coordinator.timeline.duplicates,
+            "batches": coordinator.timeline.batches,
+            "requests": totals.completed,
+            "rejected": dict(server.rejected) if server is not None else {},
+        }
+    )
+
+
+# -- simulated agents -------------------------------------------------------------------
+
+
+def make_series_variant(rng: np.random.Generator) -> list[Any]:
+    """One interval's 10 series as Series objects: realistic histogram densities."""
+    from loadctl.protocol.histogram import Histogram
+    from loadctl.protocol.messages import Series
+
+    series = []
+    for name in NAMES:
+        n = int(np.exp(rng.uniform(np.log(200), np.log(3000))))  # 200..3,000 per name per s
+        latency = rng.lognormal(np.log(rng.uniform(5e6, 50e6)), 0.6, n)  # ns
+        service = latency * rng.uniform(0.7, 1.0, n)
+        send_lag = rng.lognormal(np.log(300e3), 0.8, n)
+        hists = []
+        for values in (latency, service, send_lag):
+            h = Histogram()
+            h.record_many(values)
+            hists.append(h.to_wire())
+        series.append(Series(PHASE, name, n, {"2xx": n}, *hists, bytes_in=n * 512))
+    return series
+
+
+@dataclass
+class SimAgent:
+    index: int
+    agent_id: str
+    socket: Any
+    state: str = "hello"  # hello | ping | ready | running | done | bye
+    next_hello: float = 0.0
+    ping_seq: int = 0
+    ping_deadline: float = 0.0
+    samples: list[Any] = field(default_factory=list)
+    offset: float = 0.0
+    seq: int = 0
+    outbox: dict[int, tuple[float, bytes]] = field(default_factory=dict)
+    id_packed: bytes = b""
+
+
+class SnapshotFrames:
+    """Snapshot frames from precomputed series bytes: msgpack arrays concatenate, so a
+    frame is a fixed header, the patched scalar fields, and the series blob."""
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        self.variants: list[tuple[bytes, int]] = []  # (packed series, requests)
+        self.slots: list[int] = []
+        self.sizes: list[int] = []
+        self.packer = msgpack.Packer(use_bin_type=True)
+        for _ in range(VARIANTS):
+            series = make_series_variant(rng)
+            blob = self.packer.pack(
+                [
+                    [
+                        s.phase,
+                        s.name,
+                        s.arrivals,
+                        s.outcomes,
+                        s.latency,
+                        s.service,
+                        s.send_lag,
+                        s.bytes_in,
+                        s.checks_passed,
+                        s.checks_failed,
+                    ]
+                    for s in series
+                ]
+            )
+            self.variants.append((blob, sum(s.arrivals for s in series)))
+            self.slots.extend(int(s.latency["n"]) for s in series)
+            self._series = series
+        self._check(rng)
+
+    def frame(
+        self, run_id: bytes, agent: bytes, seq: int, interval: int, start: float, variant: int
+    ) -> tuple[bytes, int]:
+        blob, requests = self.variants[variant % VARIANTS]
+        p = self.packer.pack
+        frame = b"".join(
+            (
+                b"\x93\x01\x07\x9b",  # [version 1, type 7 (Snapshot), [11 fields]]
+                run_id,
+                agent,
+                p(seq),
+                p(interval),
+                p(start),
+                p(start + INTERVAL),
+                blob,
+                p(50),  # active users
+                p(20),  # in flight
+                p(35.0),  # cpu %
+                p(80_000_000),  # rss
+            )
+        )
+        return frame, requests
+
+    def _check(self, rng: np.random.Generator) -> None:
+        """The patched frame must be exactly what the real codec encodes."""
+        from loadctl.protocol.codec import decode, encode
+        from loadctl.protocol.messages import Snapshot
+
+        start = 1.7e9 + 0.25
+        ours, _ = self.frame(
+            self.packer.pack("run"), self.packer.pack("a-1"), 7, 3, start, VARIANTS - 1
+        )
+        real = Snapshot(
+            "run",
+            "a-1",
+            7,
+            3,
+            start,
+            start + INTERVAL,
+            tuple(self._series),
+            50,
+            20,
+            35.0,
+            80_000_000,
+        )
+        assert ours == encode(real), "patched snapshot frame differs from the codec's"
+        assert decode(ours) == real
+        self.sizes.append(len(ours))
+
+
+def agents_main(endpoint: str, ids: list[str], seed: int, out: Any) -> None:
+    """One process of simulated agents: plain (blocking) zmq, one poller."""
+    import zmq
+
+    from loadctl.protocol.clock import ClockSample, estimate
+    from loadctl.protocol.codec import ProtocolError, decode, encode
+    from loadctl.protocol.messages import (
+        PROTOCOL_VERSION,
+        Ack,
+        Bye,
+        Done,
+        Heartbeat,
+        Hello,
+        Ping,
+        Plan,
+        Pong,
+        Ready,
+        Started,
+        Welcome,
+    )
+
+    raise_nofile()
+    frames = SnapshotFrames(np.random.default_rng(seed))
+    ctx = zmq.Context()
+    poller = zmq.Poller()
+    agents: list[SimAgent] = []
+    by_socket: dict[Any, SimAgent] = {}
+    for i, agent_id in enumerate(ids):
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.IDENTITY, agent_id.encode())
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.SNDHWM, 10000)
+        s.setsockopt(zmq.RCVHWM, 10000)
+        s.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+        s.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
+        s.connect(endpoint)
+        a = SimAgent(i, agent_id, s, id_packed=frames.packer.pack(agent_id))
+        agents.append(a)
+        by_socket[s] = a
+        poller.register(s, zmq.POLLIN)
+
+    run_id = ""
+    run_id_packed = b""
+    start_at = 0.0  # coordinator clock
+    intervals = 0
+    next_cut = 0
+    beats: list[tuple[float, int]] = []  # heap of (due, agent index)
+    sent: list[tuple[str, int, float]] = []  # (agent, seq, sent at)
+    requests_sent = 0
+    resends = 0
+    bad = 0
+    hello_at = time.time()
+    done_at = 0.0
+
+    def hello(a: SimAgent) -> None:
+        a.socket.send(
+            encode(Hello(PROTOCOL_VERSION, a.agent_id, "sim", 2, 1, os.getpid(), "bench")),
+            zmq.NOBLOCK,
+        )
+        a.next_hello = time.time() + 1.0
+
+    def ping(a: SimAgent) -> None:
+        a.socket.send(encode(Ping(a.ping_seq, time.time())), zmq.NOBLOCK)
+        a.ping_deadline = time.time() + 2.0
+
+    def next_ping(a: SimAgent) -> None:
+        a.ping_seq += 1
+        if a.ping_seq < 5:
+            ping(a)
+            return
+        clock = estimate(a.samples) if a.samples else None
+        a.offset = clock.offset if clock else 0.0
+        a.socket.send(encode(Ready(a.offset, clock.rtt if clock else 0.0)), zmq.NOBLOCK)
+        a.state = "ready"
+
+    for a in agents:
+        hello(a)
+    deadline = time.time() + 300.0
+    while time.time() < deadline:
+        now = time.time()
+        if all(a.state == "bye" for a in agents):
+            break
+        if done_at and now > done_at + 15.0:  # agents the coordinator lost get no Bye
+            break
+        timeout = 0.05
+        if run_id and next_cut < intervals:
+            due = start_at - agents[0].offset + (next_cut + 1) * INTERVAL
+            timeout = min(timeout, max(0.0, due - now))
+        if beats:
+            timeout = min(timeout, max(0.0, beats[0][0] - now))
+        for s, _ in poller.poll(timeout * 1000):
+            a = by_socket[s]
+            while True:
+                try:
+                    data = s.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                try:
+                    message = decode(data)
+                except ProtocolError:
+                    bad += 1
+                    continue
+                kind = type(message)
+                if kind is Ack:
+                    for seq in message.seqs:
+                        a.outbox.pop(seq, None)
+                elif kind is Heartbeat:
+                    pass
+                elif kind is Welcome and a.state == "hello":
+                    a.state = "ping"
+                    ping(a)
+                elif kind is Pong and a.state == "ping":
+                    if message.seq == a.ping_seq:
+                        received = time.time()
+                        a.samples.append(
+                            ClockSample(message.sent, message.coordinator_time, received)
+                        )
+                        next_ping(a)
+                elif kind is Plan:
+                    if not run_id:
+                        run_id = message.run_id
+                        run_id_packed = frames.packer.pack(run_id)
+                        start_at = message.start_at
+                        phases = message.scenario["source"]["phases"]
+                        intervals = round(float(phases[0]["duration"]) / INTERVAL)
+                    a.state = "running"
+                    a.socket.send(encode(Started(run_id, start_at, 0.0)), zmq.NOBLOCK)
+                    heapq.heappush(
+                        beats, (time.time() + HEARTBEAT * a.index / len(agents), a.index)
+                    )
+                elif kind is Bye:
+                    a.state = "bye"
+        now = time.time()
+        for a in agents:  # handshake retries (cheap: only before the run)
+            if a.state == "hello" and now >= a.next_hello:
+                hello(a)
+            elif a.state == "ping" and now >= a.ping_deadline:
+                next_ping(a)
+        if run_id and next_cut < intervals:
+            boundary = start_at - agents[0].offset + (next_cut + 1) * INTERVAL
+            if now >= boundary:
+                start = start_at + next_cut * INTERVAL
+                for a in agents:
+                    if a.state != "running":
+                        continue
+                    a.seq += 1
+                    frame, n = frames.frame(
+                        run_id_packed, a.id_packed, a.seq, next_cut, start, a.index + next_cut
+                    )
+                    at = time.time()
+                    a.socket.send(frame, zmq.NOBLOCK, copy=False)
+                    a.outbox[a.seq] = (at, frame)
+                    sent.append((a.agent_id, a.seq, at))
+                    requests_sent += n
+                next_cut += 1
+                if next_cut == intervals:
+                    for a in agents:
+                        if a.state == "running":
+                            a.socket.send(encode(Done(run_id, a.seq, "")), zmq.NOBLOCK)
+                            a.state = "done"
+                    done_at = time.time()
+        while beats and beats[0][0] <= now:
+            due, i = heapq.heappop(beats)
+            a = agents[i]
+            if a.state in ("running", "done"):
+                state = "running" if a.state == "running" else "ready"
+                a.socket.send(encode(Heartbeat(state, 35.0, 80_000_000, 20, now)), zmq.NOBLOCK)
+                for seq, (stamp, frame) in list(a.outbox.items()):
+                    if now - stamp >= RESEND_AFTER:
+                        a.outbox[seq] = (now, frame)
+                        a.socket.send(frame, zmq.NOBLOCK, copy=False)
+                        resends += 1
+                heapq.heappush(beats, (max(due + HEARTBEAT, now), i))
+    for a in agents:
+        a.socket.close(linger=0)
+    ctx.term()
+    out.put(
+        {
+            "sent": sent,
+            "requests": requests_sent,
+            "resends": resends,
+            "bad": bad,
+            "handshake": hello_at,
+            "unfinished": sum(1 for a in agents if a.state != "bye"),
+            "slots": frames.slots,
+            "frame_bytes": frames.sizes,
+            "variant_bytes": [len(b) for b, _ in frames.variants],
+        }
+    )
+
+
+# -- the parent: launch, watch, report --------------------------------------------------
+
+
+@dataclass
+class Figures:
+    agents: int
+    snaps_per_s: float
+    cpu_median: float
+    cpu_mean: float
+    cpu_main: float  # of which the event loop's thread (the rest: ZeroMQ's I/O thread)
+    cpu_max: float
+    us_per_snapshot: float
+    add_us: tuple[float, float]
+    handler_us: float
+    merge_lag_ms: tuple[float, float, float]
+    e2e_lag_ms: tuple[float, float, float]
+    rss_mb: float
+    rss_peak_mb: float
+    sim_cpu: float
+    lost: int
+    resends: int
+    requests_ok: bool
+    notes: list[str]
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return math.nan
+    return float(np.percentile(np.asarray(values), p))
+
+
+def run_size(
+    agents: int, seconds: int, procs: int, profile: str | None, ctx: Any
+) -> Figures | None:
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    coord_q = ctx.Queue()
+    agent_q = ctx.Queue()
+    coord = ctx.Process(
+        target=coordinator_main, args=(endpoint, agents, seconds, coord_q, profile), daemon=True
+    )
+    coord.start()
+    pc = psutil.Process(coord.pid)
+    ids = [f"sim-{i:04d}" for i in range(agents)]
+    groups = [ids[k::procs] for k in range(procs)]
+    sims = [
+        ctx.Process(target=agents_main, args=(endpoint, g, 1000 + k, agent_q), daemon=True)
+        for k, g in enumerate(groups)
+        if g
+    ]
+    for p in sims:
+        p.start()
+    psims = [psutil.Process(p.pid) for p in sims]
+    # (time, coordinator CPU seconds, RSS, CPU seconds of its main thread: the event loop)
+    samples: list[tuple[float, float, int, float]] = []
+    sim_samples: list[tuple[float, float]] = []
+    coord_result: dict[str, Any] | None = None
+    sim_results: list[dict[str, Any]] = []
+    deadline = time.time() + seconds + 240
+    while time.time() < deadline:
+        try:
+            t = pc.cpu_times()
+            main = sum(x.user_time + x.system_time for x in pc.threads() if x.id == pc.pid)
+            samples.append((time.time(), t.user + t.system, pc.memory_info().rss, main))
+            sim_cpu = 0.0
+            for ps in psims:
+                with_t = ps.cpu_times()
+                sim_cpu += with_t.user + with_t.system
+            sim_samples.append((time.time(), sim_cpu))
+        except psutil.NoSuchProcess:
+            pass
+        if coord_result is None:
+            with contextlib.suppress(queue.Empty):
+                coord_result = coord_q.get(timeout=0.5)
+        else:
+            time.sleep(0.5)
+        while True:
+            try:
+                sim_results.append(agent_q.get_nowait())
+            except queue.Empty:
+                break
+        if coord_result is not None and len(sim_results) == len(sims):
+            break
+    for p in [coord, *sims]:
+        p.join(5)
+        if p.is_alive():
+            p.kill()
+    if coord_result is None:
+        print(f"  {agents} agents: the coordinator gave no result", file=sys.stderr)
+        return None
+    # The steady window: from one interval after the start to the last interval's end.
+    w0 = coord_result["start_at"] + INTERVAL
+    w1 = coord_result["start_at"] + seconds
+    window = [s for s in samples if w0 <= s[0] <= w1]
+    per_s = []
+    for a, b in itertools.pairwise(window):
+        if b[0] - a[0] > 0.2:
+            per_s.append(100 * (b[1] - a[1]) / (b[0] - a[0]))
+    span = window[-1][0] - window[0][0]
+    cpu_mean = 100 * (window[-1][1] - window[0][1]) / span
+    cpu_main = 100 * (window[-1][3] - window[0][3]) / span
+    sim_window = [s for s in sim_samples if w0 <= s[0] <= w1]
+    sim_cpu = 100 * (sim_window[-1][1] - sim_window[0][1]) / (sim_window[-1][0] - sim_window[0][0])
+    merged = coord_result["merged"]
+    in_window = [m for m in merged if w0 <= m[3] <= w1]
+    snaps_per_s = len(in_window) / (w1 - w0)
+    us_per_snapshot = 1e6 * (window[-1][1] - window[0][1]) / max(1, len(in_window))
+    sent_at = {(a, s): t for r in sim_results for a, s, t in r["sent"]}
+    merge_lag = [1e3 * (at - sent_at[(a, s)]) for a, s, _, at in merged if (a, s) in sent_at]
+    e2e_lag = [1e3 * (at - end) for _, _, end, at in merged]
+    adds = [1e6 * x for x in coord_result["add_seconds"]]
+    handlers = [1e6 * x for x in coord_result["handler_seconds"]]
+    lost = sum(1 for kind, _, _ in coord_result["events"] if kind == "lost")
+    requests_sent = sum(r["requests"] for r in sim_results)
+    notes = []
+    if coord_result["status"] != "completed":
+        notes.append(f"status {coord_result['status']}")
+    if coord_result["rejected"]:
+        notes.append(f"rejected {coord_result['rejected']}")
+    unfinished = sum(r["unfinished"] for r in sim_results)
+    if unfinished:
+        notes.append(f"{unfinished} simulated agents never got Bye")
+    batches = coord_result.get("batches") or []
+    if batches:
+        notes.append(
+            f"snapshots merged in batches of {statistics.median(batches):.0f} "
+            f"(median; max {max(batches)})"
+        )
+    if coord_result["requests"] != requests_sent:
+        notes.append(f"merged {coord_result['requests']:,} requests, sent {requests_sent:,}")
+    slots = [x for r in sim_results for x in r["slots"]] or [0]
+    sizes = [x for r in sim_results for x in r["frame_bytes"]] or [0]
+    if len(sim_results) < len(sims):
+        notes.append(f"{len(sims) - len(sim_results)} simulating processes gave no result")
+    notes.append(
+        f"{len(merged):,} snapshots merged; latency histograms have a median "
+        f"{statistics.median(slots):.0f} non-empty slots; snapshot frame "
+        f"~{statistics.median(sizes) / 1024:.0f} KiB"
+    )
+    end_rss = [s for s in samples if s[0] <= w1]
+    return Figures(
+        agents=agents,
+        snaps_per_s=snaps_per_s,
+        cpu_median=statistics.median(per_s) if per_s else math.nan,
+        cpu_mean=cpu_mean,
+        cpu_main=cpu_main,
+        cpu_max=max(per_s) if per_s else math.nan,
+        us_per_snapshot=us_per_snapshot,
+        add_us=(pct(adds, 50), pct(adds, 99)),
+        handler_us=pct(handlers, 50),
+        merge_lag_ms=(pct(merge_lag, 50), pct(merge_lag, 99), max(merge_lag, default=math.nan)),
+        e2e_lag_ms=(pct(e2e_lag, 50), pct(e2e_lag, 99), max(e2e_lag, default=math.nan)),
+        rss_mb=(end_rss[-1][2] if end_rss else samples[-1][2]) / 2**20,
+        rss_peak_mb=max(s[2] for s in samples) / 2**20,
+        sim_cpu=sim_cpu,
+        lost=lost,
+        resends=sum(r["resends"] for r in sim_results),
+        requests_ok=coord_result["requests"] == requests_sent,
+        notes=notes,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--agents", default="50,200,1000", help="comma-separated sizes")
+    parser.add_argument("--seconds", type=int, default=25, help="run length per size")
+    parser.add_argument(
+        "--procs", type=int, default=0, help="simulated-agent processes (default: 1 per 250)"
+    )
+    parser.add_argument("--profile", default=None, help="cProfile the coordinator to this file")
+    args = parser.parse_args()
+    raise_nofile()
+    ctx = mp.get_context("spawn")  # never fork a process that holds a zmq context
+    sizes = [int(x) for x in args.agents.split(",")]
+    print(
+        f"coordinator scale: {args.seconds} s per size, {len(NAMES)} request names x 3 "
+        f"histograms per snapshot, {INTERVAL:g} s intervals; {os.cpu_count()} cores, "
+        f"load average {os.getloadavg()[0]:.1f} at start"
+    )
+    rows = []
+    for n in sizes:
+        procs = args.procs or max(1, math.ceil(n / 250))
+        profile = f"{args.profile}.{n}" if args.profile and len(sizes) > 1 else args.profile
+        t0 = time.time()
+        fig = run_size(n, args.seconds, procs, profile, ctx)
+        if fig is None:
+            continue
+        rows.append(fig)
+        print(
+            f"\n{n} agents ({procs} simulating processes, {time.time() - t0:.0f} s, "
+            f"load average {os.getloadavg()[0]:.1f}):"
+        )
+        print(
+            f"  coordinator CPU {fig.cpu_median:.1f} % median of 1-s samples "
+            f"(mean {fig.cpu_mean:.1f} %, of which the event loop {fig.cpu_main:.1f} % and "
+            f"ZeroMQ's I/O thread {fig.cpu_mean - fig.cpu_main:.1f} %; max {fig.cpu_max:.1f} %), "
+            f"{fig.us_per_snapshot:.0f} µs CPU per snapshot at {fig.snaps_per_s:.0f} snapshots/s"
+        )
+        print(
+            f"  merge CPU per snapshot (Timeline.add/add_many, decode-validate-merge) "
+            f"{fig.add_us[0]:.0f} µs median, {fig.add_us[1]:.0f} µs p99; whole snapshot "
+            f"handler (acks included) {fig.handler_us:.0f} µs median"
+        )
+        print(
+            "  merge lag (arrival to merged) ms: median {:.1f}, p99 {:.1f}, max {:.1f}".format(
+                *fig.merge_lag_ms
+            )
+        )
+        print(
+            "  end-to-end lag (interval end to merged) ms: median {:.1f}, p99 {:.1f}, "
+            "max {:.1f}".format(*fig.e2e_lag_ms)
+        )
+        print(f"  coordinator RSS {fig.rss_mb:.0f} MiB (peak {fig.rss_peak_mb:.0f} MiB)")
+        print(
+            f"  agents lost {fig.lost}, snapshots resent {fig.resends}, counts "
+            f"{'exact' if fig.requests_ok else 'WRONG'}; simulated agents used "
+            f"{fig.sim_cpu:.0f} % CPU"
+        )
+        for note in fig.notes:
+            print(f"  {note}")
+        if profile:
+            import pstats
+
+            print(f"  profile: {profile} (top 15 by cumulative time)")
+            pstats.Stats(profile).sort_stats("cumulative").print_stats(15)
+    if rows:
+        base = rows[0]
+        print(f"\nsummary (ratios against {base.agents} agents in this run)")
+        print(
+            f"  {'agents':>6} {'cpu% med':>8} {'µs/snap':>8} {'add µs':>7} "
+            f"{'lag p50 ms':>10} {'lag p99 ms':>10} {'e2e p99 ms':>10} {'RSS MiB':>8} "
+            f"{'cpu ratio':>9} {'µs/snap ratio':>13}"
+        )
+        for f in rows:
+            print(
+                f"  {f.agents:>6} {f.cpu_median:>8.1f} {f.us_per_snapshot:>8.0f} "
+                f"{f.add_us[0]:>7.0f} {f.merge_lag_ms[0]:>10.1f} {f.merge_lag_ms[1]:>10.1f} "
+                f"{f.e2e_lag_ms[1]:>10.1f} {f.rss_mb:>8.0f} "
+                f"{f.cpu_median / base.cpu_median:>8.1f}x "
+                f"{f.us_per_snapshot / base.us_per_snapshot:>12.2f}x"
+            )
+        print("  target: 1,000 agents under 50 % of a core, merge lag under one interval")
+
+
+if __name__ == "__main__":
+    main()
