@@ -52,12 +52,11 @@ from loadctl.protocol.scenario import Phase, Scenario, parse_phases
 
 log = logging.getLogger("loadctl.coordinator")
 
-MAX_AGENTS = 4096
+MAX_AGENTS = 4096  # a flood of Hellos cannot grow the registry without bound
 SHARE_NOTICE = 0.3  # seconds between sending new shares and their taking effect
-DEADMAN_MARGIN = (
-    0.2  # beyond the agents' dead-man delay (and its 0.1 s check), before a share moves
-)
-REJOIN = "rejoin"  # Stop reason: stop the old share, hand over results, say Ready again  # a flood of Hellos cannot grow the registry without bound
+# beyond the agents' dead-man delay (and its 0.1 s check), before a lost share moves
+DEADMAN_MARGIN = 0.2
+REJOIN = "rejoin"  # Stop reason: stop the old share, hand over results, say Ready again
 
 
 class CoordinatorFailure(Exception):
