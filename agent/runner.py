@@ -76,6 +76,7 @@ class Runner:
         self.t0 = time.perf_counter() + (plan.start_at - clock.to_coordinator(time.time()))
         # an agent that joins mid-run starts cutting at the current interval, not at 0
         self._next_cut = max(0, math.floor((time.perf_counter() - self.t0) / self.interval))
+        self.recorder.index = self._next_cut
         self.users_at_cut = 0
 
     # -- clocks ---------------------------------------------------------------------------

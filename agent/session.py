@@ -240,6 +240,7 @@ class AgentSession:
                 await self._dead_man()  # returns once the coordinator is back (or raises)
             elif self._rejoin and self._ready_to_rejoin():
                 self._rejoin = False
+                log.info("rejoining the run")
                 self.runner = None
                 self.run_task = None
                 await self._handshake()  # Ready again: the coordinator gives a new share
@@ -309,6 +310,13 @@ class AgentSession:
         if self._run_id != plan.run_id:  # seqs count per run; a rejoin keeps counting
             self._run_id = plan.run_id
             self.link.next_seq = 1
+        log.info(
+            "plan for run %s: share from %.2f s, position %d of %d",
+            plan.run_id,
+            plan.share.since,
+            plan.share.index,
+            len(plan.share.weights),
+        )
         self.runner = Runner(plan, self.clock, self._sink)
         self.runner.may_send = lambda: self.link.silence() <= self.deadman
         self.run_task = asyncio.get_running_loop().create_task(self._run_plan(self.runner))

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import heapq
 import itertools
 import math
@@ -148,6 +149,16 @@ def coordinator_main(
             if not batched:
                 self._record([snapshot], time.thread_time() - t0)
 
+    gc_pauses: list[tuple[int, float]] = []  # (generation, seconds) of each collection
+    gc_started = [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_started[0] = time.perf_counter()
+        else:
+            gc_pauses.append((info["generation"], time.perf_counter() - gc_started[0]))
+
+    gc.callbacks.append(on_gc)
     scenario = Scenario.from_dict(scenario_dict(agents, seconds))
     options = CoordinatorOptions(bind=endpoint, agents=agents, wait_timeout=180.0)
     coordinator = BenchCoordinator(scenario, options)
@@ -174,6 +185,7 @@ def coordinator_main(
             "handler_seconds": coordinator.handler_seconds,
             "duplicates": coordinator.timeline.duplicates,
             "batches": coordinator.timeline.batches,
+            "gc": gc_pauses,
             "requests": totals.completed,
             "rejected": dict(server.rejected) if server is not None else {},
         }
@@ -614,6 +626,12 @@ def run_size(
     unfinished = sum(r["unfinished"] for r in sim_results)
     if unfinished:
         notes.append(f"{unfinished} simulated agents never got Bye")
+    pauses = coord_result.get("gc") or []
+    full = [t for g, t in pauses if g == 2]
+    notes.append(
+        f"garbage collector: {len(pauses)} collections, {sum(t for _, t in pauses):.2f} s in all; "
+        f"{len(full)} full ones, longest {max(full, default=0.0) * 1e3:.0f} ms"
+    )
     batches = coord_result.get("batches") or []
     if batches:
         notes.append(

@@ -72,23 +72,31 @@ class Server:
         order; waits up to `timeout` for the first one (an empty list if none came)."""
         out: list[tuple[bytes, Message]] = []
         deadline = time.monotonic() + timeout
-        while True:
+        while not out:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not await self.socket.poll(remaining * 1000):
+            if remaining <= 0:
                 return out
-            for _ in range(limit - len(out)):
-                try:
-                    frames = self.now.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                got = self._accept(frames)
-                if got is not None:
-                    out.append(got)
-            if out:
-                return out
+            frames = await self.receive_frames(remaining, limit)
+            out = [got for got in map(self.accept, frames) if got is not None]
+        return out
 
-    def _accept(self, frames: list[bytes]) -> tuple[bytes, Message] | None:
-        """Decode one received message, or count, log and drop it."""
+    async def receive_frames(self, timeout: float, limit: int = 4096) -> list[list[bytes]]:
+        """The raw messages ready now (at most `limit`), undecoded, in arrival order; waits
+        up to `timeout` for the first (0: does not wait). Taking them off the socket is
+        cheap and tells who is alive now; decoding them (`accept`) is what costs."""
+        if timeout > 0 and not await self.socket.poll(timeout * 1000):
+            return []
+        out: list[list[bytes]] = []
+        recv = self.now.recv_multipart
+        for _ in range(limit):
+            try:
+                out.append(recv(zmq.NOBLOCK))
+            except zmq.Again:
+                break
+        return out
+
+    def accept(self, frames: list[bytes]) -> tuple[bytes, Message] | None:
+        """Decode one raw message (from `receive_frames`), or count, log and drop it."""
         if len(frames) != 2:
             self.reject(
                 "frames", frames[0] if frames else b"?", f"{len(frames)} frames instead of 2"

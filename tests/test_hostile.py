@@ -287,8 +287,9 @@ def test_coordinator_survives_hostile_frames_and_counts_stay_exact() -> None:
         "frames",
         "identity",
         "unknown-agent",
-        "unknown-run",
-        "bad-snapshot",
+        # The impostor has no share in the run, so all of its snapshots — for another run,
+        # malformed, or well-formed — are refused by that first check.
+        "unplanned-agent",
         "unexpected",
     ):
         if not rejected.get(kind):

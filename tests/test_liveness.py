@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -245,10 +246,26 @@ def full(row: Row, tolerance: float = 0.03) -> bool:
     return row.target is not None and row.arrivals >= row.target * (1 - tolerance)
 
 
+def share_moved_at(result: dict[str, Any]) -> float | None:
+    """Coordinator time at which the first rebalance's new shares took effect: the
+    coordinator moves a lost agent's share at a run time ("new shares from 5.43 s"), not
+    only at interval boundaries."""
+    for event in result["events"]:
+        found = re.search(r"new shares from ([0-9.]+) s", event.get("detail", ""))
+        if event["kind"] == "rebalanced" and found:
+            return float(result["started_at"]) + float(found.group(1))
+    return None
+
+
 def takeover_after(result: dict[str, Any], at: float) -> tuple[float | None, list[Row]]:
-    """Seconds from `at` to the start of the first full interval that began after the first
-    short interval following `at` (None if the rate never came back)."""
+    """Seconds from `at` until the others carried the full rate: the moment the shares
+    moved, provided every interval from that moment on carried its schedule (None if the
+    rate never came back). Without a rebalance: the first full interval after the gap."""
     timeline = rows(result)
+    moved = share_moved_at(result)
+    if moved is not None and moved >= at:
+        after = [r for r in timeline if r.start >= moved and r.target]
+        return (moved - at if after and all(full(r) for r in after) else None), timeline
     short = [r for r in timeline if r.end > at and r.target and not full(r)]
     if not short:
         return 0.0, timeline

@@ -108,12 +108,13 @@ def cluster() -> Iterator[Cluster]:
 
 
 def _boundary(result: dict[str, Any], event: dict[str, Any]) -> float | None:
-    """Coordinator time at which a rebalance's new shares took effect."""
-    found = re.search(r"from interval (\d+)", event.get("detail", ""))
+    """Coordinator time at which a rebalance's new shares took effect ("from 5.43 s": run
+    seconds; shares move at a run time, not only at interval boundaries)."""
+    found = re.search(r"from ([0-9.]+) s", event.get("detail", ""))
     if not found:
         return None
     started: float = result["started_at"]
-    return started + int(found.group(1)) * result["interval"]
+    return started + float(found.group(1))
 
 
 def test_cut_agent_link_for_5_s_loses_nothing_and_the_others_keep_the_rate(
