@@ -1,30 +1,28 @@
 # Coordinator scale: how much CPU, lag and memory the REAL coordinator needs to
 # take snapshots from 50, 200 and 1,000 agents. The agents are simulated: many
-# DEALER sockets in a few spawned processes, each doing the real handshake
-# (Hello → Welcome, five Ping/Pong rounds, Ready), taking its Plan, sending
-# Started, then every interval a snapshot of 10 request names (three histograms
-# each, recorded from log-normal latencies of a few hundred to a few thousand
-# requests per name per second), heartbeats twice a second, resending what is
-# not acked after 2 s, and Done at the end. Snapshot frames are precomputed and
-# only their seq / interval / times are patched (checked byte for byte against
-# the real codec). The coordinator runs in its own process, unmodified except
-# for a subclass that records timings; its scenario's target (port 9) is never
-# contacted, because no real agent runs.
+# DEALER sockets in a few spawned processes (nice 5: the coordinator is the
+# system under test), each doing what a real agent does on the wire (Hello until
+# Welcome, five Ping/Pong rounds, Ready, heartbeats twice a second), taking its
+# Plan, sending Started, then at every interval's end a snapshot of 10 request
+# names (three histograms each, recorded from log-normal latencies of 200 to
+# 3,000 requests per name per second: ~700 non-empty slots, ~80 KiB frames),
+# resending what is not acked after 2 s, and Done at the end. Snapshot frames
+# are precomputed and only their seq / interval / times are patched (checked
+# byte for byte against the real codec). The coordinator runs in its own
+# process, unmodified except for a subclass that records timings; its
+# scenario's target (port 9) is never contacted, because no real agent runs.
 #
-# Prints per size (medians of 1-s samples; the machine is shared, so CPU is the
-# coordinator process's own CPU time, from psutil):
-#   cpu%       coordinator CPU over the steady part of the run (median of 1-s
-#              samples, and the mean over the whole window)
-#   µs/snap    coordinator CPU per snapshot (all of its work, heartbeats included)
-#   add µs     Timeline.add per snapshot (decode-validate-merge), median / p99
-#   merge lag  agent's send of a snapshot (= its arrival, on loopback) to merged
-#              in the timeline, median / p99 / max (includes the socket queue,
-#              decode, validation and the merge)
-#   e2e lag    the snapshot's interval end to merged (adds the agents' cut)
-#   RSS        coordinator RSS at the end of the steady part
+# Prints a reference measured in this run (Python speed, and the snapshot path
+# alone in-process), then per size: the coordinator's CPU % (psutil; median of
+# 1-s samples over the steady part, the mean split into event loop and ZeroMQ
+# I/O thread), its CPU µs per snapshot, the merge CPU per snapshot, the merge
+# lag (agent's send = arrival on loopback, to merged; includes the socket
+# queue, decoding, validation, merge), the end-to-end lag (interval end to
+# merged), RSS, agents lost, resends, whether counts are exact, GC pauses.
+# See bench/README.md.
 #
 #   python bench/coordinator_scale.py                     # 50, 200, 1000 agents, 25 s each
-#   python bench/coordinator_scale.py --agents 1000 --seconds 20 --profile /tmp/coord.prof
+#   python bench/coordinator_scale.py --agents 1000 --seconds 20 --py-spy /tmp/coord.txt
 from __future__ import annotations
 
 import argparse
@@ -39,6 +37,7 @@ import queue
 import resource
 import socket
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -48,6 +47,12 @@ from typing import Any
 import msgpack
 import numpy as np
 import psutil
+
+# Measure the tree this file is in, whatever `pip install -e` points at (the spawned
+# processes run this module first, so they import the same code).
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
 
 INTERVAL = 1.0
 NAMES = tuple(f"req-{i:02d}" for i in range(10))
@@ -86,7 +91,7 @@ def scenario_dict(agents: int, seconds: int) -> dict[str, Any]:
 
 
 def coordinator_main(
-    endpoint: str, agents: int, seconds: int, out: Any, profile: str | None
+    endpoint: str, agents: int, seconds: int, out: Any, profile: str | None, lost_after: float
 ) -> None:
     """Run the real Coordinator with timing hooks; put its figures on `out`."""
     import uvloop
@@ -161,6 +166,8 @@ def coordinator_main(
     gc.callbacks.append(on_gc)
     scenario = Scenario.from_dict(scenario_dict(agents, seconds))
     options = CoordinatorOptions(bind=endpoint, agents=agents, wait_timeout=180.0)
+    if lost_after > 0:
+        options.lost_after = lost_after
     coordinator = BenchCoordinator(scenario, options)
     profiler = None
     if profile:
@@ -336,6 +343,9 @@ def agents_main(endpoint: str, ids: list[str], seed: int, out: Any) -> None:
     )
 
     raise_nofile()
+    # The simulation is the load, the coordinator the system under test: on a small
+    # shared machine the coordinator gets the CPU first (late heartbeats are reported).
+    os.nice(5)
     frames = SnapshotFrames(np.random.default_rng(seed))
     ctx = zmq.Context()
     poller = zmq.Poller()
@@ -367,6 +377,7 @@ def agents_main(endpoint: str, ids: list[str], seed: int, out: Any) -> None:
     bad = 0
     hello_at = time.time()
     done_at = 0.0
+    late = 0.0  # the most a heartbeat was sent after its time
 
     def hello(a: SimAgent) -> None:
         a.socket.send(
@@ -388,6 +399,8 @@ def agents_main(endpoint: str, ids: list[str], seed: int, out: Any) -> None:
         a.offset = clock.offset if clock else 0.0
         a.socket.send(encode(Ready(a.offset, clock.rtt if clock else 0.0)), zmq.NOBLOCK)
         a.state = "ready"
+        # from Ready on, a real agent beats every HEARTBEAT s (spread: they start apart)
+        heapq.heappush(beats, (time.time() + HEARTBEAT * a.index / len(agents), a.index))
 
     for a in agents:
         hello(a)
@@ -441,9 +454,6 @@ def agents_main(endpoint: str, ids: list[str], seed: int, out: Any) -> None:
                         intervals = round(float(phases[0]["duration"]) / INTERVAL)
                     a.state = "running"
                     a.socket.send(encode(Started(run_id, start_at, 0.0)), zmq.NOBLOCK)
-                    heapq.heappush(
-                        beats, (time.time() + HEARTBEAT * a.index / len(agents), a.index)
-                    )
                 elif kind is Bye:
                     a.state = "bye"
         now = time.time()
@@ -477,8 +487,9 @@ def agents_main(endpoint: str, ids: list[str], seed: int, out: Any) -> None:
                     done_at = time.time()
         while beats and beats[0][0] <= now:
             due, i = heapq.heappop(beats)
+            late = max(late, now - due)  # this process's own stalls, if any
             a = agents[i]
-            if a.state in ("running", "done"):
+            if a.state in ("ready", "running", "done"):
                 state = "running" if a.state == "running" else "ready"
                 a.socket.send(encode(Heartbeat(state, 35.0, 80_000_000, 20, now)), zmq.NOBLOCK)
                 for seq, (stamp, frame) in list(a.outbox.items()):
@@ -495,6 +506,7 @@ def agents_main(endpoint: str, ids: list[str], seed: int, out: Any) -> None:
             "sent": sent,
             "requests": requests_sent,
             "resends": resends,
+            "late": late,
             "bad": bad,
             "handshake": hello_at,
             "unfinished": sum(1 for a in agents if a.state != "bye"),
@@ -537,16 +549,34 @@ def pct(values: list[float], p: float) -> float:
 
 
 def run_size(
-    agents: int, seconds: int, procs: int, profile: str | None, ctx: Any
+    agents: int,
+    seconds: int,
+    procs: int,
+    profile: str | None,
+    ctx: Any,
+    lost_after: float = 0.0,
+    py_spy: str | None = None,
 ) -> Figures | None:
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     coord_q = ctx.Queue()
     agent_q = ctx.Queue()
     coord = ctx.Process(
-        target=coordinator_main, args=(endpoint, agents, seconds, coord_q, profile), daemon=True
+        target=coordinator_main,
+        args=(endpoint, agents, seconds, coord_q, profile, lost_after),
+        daemon=True,
     )
     coord.start()
     pc = psutil.Process(coord.pid)
+    spy = None
+    if py_spy:  # sampled, so the coordinator runs at full speed (cProfile slows it down)
+        spy = subprocess.Popen(
+            [
+                *("py-spy", "record", "--pid", str(coord.pid), "--rate", "250", "--format"),
+                *("raw", "--output", py_spy, "--duration", str(seconds + 30), "--nonblocking"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     ids = [f"sim-{i:04d}" for i in range(agents)]
     groups = [ids[k::procs] for k in range(procs)]
     sims = [
@@ -591,6 +621,8 @@ def run_size(
         p.join(5)
         if p.is_alive():
             p.kill()
+    if spy is not None:
+        spy.wait(30)  # it stops when the coordinator exits
     if coord_result is None:
         print(f"  {agents} agents: the coordinator gave no result", file=sys.stderr)
         return None
@@ -642,6 +674,9 @@ def run_size(
         notes.append(f"merged {coord_result['requests']:,} requests, sent {requests_sent:,}")
     slots = [x for r in sim_results for x in r["slots"]] or [0]
     sizes = [x for r in sim_results for x in r["frame_bytes"]] or [0]
+    late = max((r["late"] for r in sim_results), default=0.0)
+    if late > 0.5:
+        notes.append(f"a simulated agent sent a heartbeat {late:.1f} s late (its process stalled)")
     if len(sim_results) < len(sims):
         notes.append(f"{len(sims) - len(sim_results)} simulating processes gave no result")
     notes.append(
@@ -672,6 +707,33 @@ def run_size(
     )
 
 
+def reference() -> tuple[float, float]:
+    """This machine's speed now, measured in the parent: a pure-Python loop, and the
+    coordinator's snapshot path alone (codec.decode, then Timeline.add_many in
+    batches of 50, as a burst arrives), in CPU µs per snapshot (medians)."""
+    import timeit
+
+    from loadctl.coordinator.timeline import Timeline
+    from loadctl.protocol.codec import decode
+
+    python_us = min(timeit.repeat("sum(range(1000))", number=2000, repeat=7)) / 2000 * 1e6
+    frames = SnapshotFrames(np.random.default_rng(7))
+    run = frames.packer.pack("run")
+    ids = [frames.packer.pack(f"ref-{i:03d}") for i in range(200)]
+    timeline = Timeline()
+    per: list[float] = []
+    for interval in range(6):
+        burst = [
+            frames.frame(run, ids[a], interval + 1, interval, 1.7e9 + interval, a + interval)[0]
+            for a in range(len(ids))
+        ]
+        for k in range(0, len(burst), 50):
+            t0 = time.thread_time()
+            timeline.add_many([decode(f) for f in burst[k : k + 50]])  # type: ignore[misc]
+            per.append((time.thread_time() - t0) / 50)
+    return python_us, statistics.median(per[8:]) * 1e6  # warm: after the first intervals
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--agents", default="50,200,1000", help="comma-separated sizes")
@@ -680,6 +742,16 @@ def main() -> None:
         "--procs", type=int, default=0, help="simulated-agent processes (default: 1 per 250)"
     )
     parser.add_argument("--profile", default=None, help="cProfile the coordinator to this file")
+    parser.add_argument(
+        "--py-spy", default=None, help="sample the coordinator with py-spy into this file (raw)"
+    )
+    parser.add_argument(
+        "--lost-after",
+        type=float,
+        default=0.0,
+        help="the coordinator's lost_after in s (default: its own, 2 s); a larger one keeps "
+        "a machine too busy to run the simulation from losing agents",
+    )
     args = parser.parse_args()
     raise_nofile()
     ctx = mp.get_context("spawn")  # never fork a process that holds a zmq context
@@ -689,12 +761,18 @@ def main() -> None:
         f"histograms per snapshot, {INTERVAL:g} s intervals; {os.cpu_count()} cores, "
         f"load average {os.getloadavg()[0]:.1f} at start"
     )
+    python_us, pipeline_us = reference()
+    print(
+        f"reference, in this process: sum(range(1000)) {python_us:.1f} µs (this machine's "
+        f"Python speed now); decode + merge of one snapshot, no sockets: {pipeline_us:.0f} µs"
+    )
     rows = []
     for n in sizes:
         procs = args.procs or max(1, math.ceil(n / 250))
         profile = f"{args.profile}.{n}" if args.profile and len(sizes) > 1 else args.profile
         t0 = time.time()
-        fig = run_size(n, args.seconds, procs, profile, ctx)
+        spy = f"{args.py_spy}.{n}" if args.py_spy and len(sizes) > 1 else args.py_spy
+        fig = run_size(n, args.seconds, procs, profile, ctx, args.lost_after, spy)
         if fig is None:
             continue
         rows.append(fig)

@@ -208,28 +208,34 @@ class Coordinator:
             )
             self._wait_deadline = time.monotonic() + self.options.wait_timeout
             pending: deque[list[bytes]] = deque()  # received, not yet handled
+            pending_bytes = 0  # their size: at most some 64 MiB come off the socket early
             last_tick = 0.0
             while self.state != "finished":
-                # What arrived comes off the socket at once (up to a bound) and its
+                # What arrived comes off the socket at once (up to bounds) and its
                 # senders count as heard from now, before the costly part (decoding,
                 # merging): a backlog must not make live agents look lost. It is then
                 # handled 256 messages at a time, with the clock-driven duties after
                 # a batch at most every 50 ms (they cost O(agents): run per message,
                 # with a thousand agents, they would take the whole loop); consecutive
                 # snapshots (the burst at an interval's end) merge together.
-                room = 4096 - len(pending)
-                if room > 0:
-                    frames = await self.server.receive_frames(0.0 if pending else 0.05, room)
+                room = 16384 - len(pending)
+                if room > 0 and pending_bytes < 64 << 20:
+                    frames = await self.server.receive_frames(
+                        0.0 if pending else 0.05, room, (64 << 20) - pending_bytes
+                    )
                     for identity in {raw[0] for raw in frames}:
                         agent = self.registry.by_identity(identity)
                         if agent is not None:
                             agent.saw()
                     pending.extend(frames)
+                    pending_bytes += sum(len(raw[-1]) for raw in frames)
                 if pending:
                     await asyncio.sleep(0)  # other tasks run even while a backlog lasts
                 snapshots: list[tuple[AgentRecord | None, bytes, Snapshot]] = []
                 for _ in range(min(len(pending), 256)):
-                    got = self.server.accept(pending.popleft())
+                    raw = pending.popleft()
+                    pending_bytes -= len(raw[-1])
+                    got = self.server.accept(raw)
                     if got is None:
                         continue
                     identity, message = got

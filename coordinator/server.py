@@ -9,6 +9,7 @@ before they are even read into memory.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter
@@ -80,20 +81,58 @@ class Server:
             out = [got for got in map(self.accept, frames) if got is not None]
         return out
 
-    async def receive_frames(self, timeout: float, limit: int = 4096) -> list[list[bytes]]:
-        """The raw messages ready now (at most `limit`), undecoded, in arrival order; waits
-        up to `timeout` for the first (0: does not wait). Taking them off the socket is
-        cheap and tells who is alive now; decoding them (`accept`) is what costs."""
-        if timeout > 0 and not await self.socket.poll(timeout * 1000):
+    async def receive_frames(
+        self, timeout: float, limit: int = 4096, max_bytes: int = 1 << 62
+    ) -> list[list[bytes]]:
+        """The raw messages ready now (at most `limit` of them, or just past `max_bytes`),
+        undecoded, in arrival order; waits up to `timeout` for the first (0: does not
+        wait). Taking them off the socket is cheap and tells who is alive now; decoding
+        them (`accept`) is what costs."""
+        if timeout > 0 and not await self._readable(timeout):
             return []
         out: list[list[bytes]] = []
         recv = self.now.recv_multipart
-        for _ in range(limit):
+        size = 0
+        while len(out) < limit and size < max_bytes:
             try:
-                out.append(recv(zmq.NOBLOCK))
+                frames = recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
+            out.append(frames)
+            size += sum(map(len, frames))
         return out
+
+    async def _readable(self, timeout: float) -> bool:
+        """Wait until a message is ready, at most `timeout` s. The event loop watches the
+        socket's file descriptor, which only says that ZeroMQ's state may have changed:
+        ZMQ_EVENTS says whether a message is there (and re-arms the descriptor). Cheaper
+        per wake-up than zmq.asyncio's poll, which builds a poller and futures each time."""
+        if self._ready():
+            return True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        fd = self.now.fileno()
+        while (remaining := deadline - loop.time()) > 0:
+            waiter: asyncio.Future[None] = loop.create_future()
+
+            def wake(waiter: asyncio.Future[None] = waiter) -> None:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+            loop.add_reader(fd, wake)
+            timer = loop.call_later(remaining, wake)
+            try:
+                await waiter
+            finally:
+                loop.remove_reader(fd)
+                timer.cancel()
+            if self._ready():
+                return True
+        return False
+
+    def _ready(self) -> bool:
+        events = self.now.getsockopt(zmq.EVENTS)
+        return isinstance(events, int) and bool(events & zmq.POLLIN)
 
     def accept(self, frames: list[bytes]) -> tuple[bytes, Message] | None:
         """Decode one raw message (from `receive_frames`), or count, log and drop it."""

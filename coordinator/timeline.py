@@ -21,10 +21,12 @@ plus the few above it, not every (agent, seq) of the run.
 
 from __future__ import annotations
 
+import sys
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
+import msgpack
 import numpy as np
 import numpy.typing as npt
 
@@ -37,23 +39,27 @@ _KEEP_OPEN = 4  # intervals behind the newest that stay dense
 _ROWS = 3  # block rows per series: latency, service, send_lag
 
 
-@dataclass
 class _Compact:
-    arrivals: int
-    outcomes: dict[str, int]
-    wires: tuple[dict[str, Any], dict[str, Any], dict[str, Any]]
-    bytes_in: int
-    checks: tuple[int, int]
+    """A series of an old interval, in as few bytes as it takes: its counters and the
+    sparse wire forms of its histograms, msgpack-packed and zlib-compressed (index
+    deltas and small counts compress well) into one bytes object."""
+
+    __slots__ = ("blob",)
+
+    def __init__(self, blob: bytes) -> None:
+        self.blob = blob
 
     @classmethod
     def of(cls, t: Totals) -> _Compact:
-        return cls(
+        plain = [
             t.arrivals,
-            dict(t.outcomes),
-            (t.latency.to_wire(), t.service.to_wire(), t.send_lag.to_wire()),
+            t.outcomes,
+            [t.latency.to_wire(), t.service.to_wire(), t.send_lag.to_wire()],
             t.bytes_in,
-            (t.checks_passed, t.checks_failed),
-        )
+            t.checks_passed,
+            t.checks_failed,
+        ]
+        return cls(zlib.compress(msgpack.packb(plain, use_bin_type=True), 1))
 
     def inflate(self) -> Totals:
         out = Totals()
@@ -62,15 +68,18 @@ class _Compact:
 
     def inflate_into(self, t: Totals) -> None:
         """Add this into `t` (an empty Totals, possibly over block rows)."""
-        t.arrivals += self.arrivals
-        for k, v in self.outcomes.items():
+        arrivals, outcomes, wires, bytes_in, passed, failed = msgpack.unpackb(
+            zlib.decompress(self.blob), raw=False
+        )
+        t.arrivals += arrivals
+        for k, v in outcomes.items():
             t.outcomes[k] = t.outcomes.get(k, 0) + v
-        t.latency.add_wire(self.wires[0])
-        t.service.add_wire(self.wires[1])
-        t.send_lag.add_wire(self.wires[2])
-        t.bytes_in += self.bytes_in
-        t.checks_passed += self.checks[0]
-        t.checks_failed += self.checks[1]
+        t.latency.add_wire(wires[0])
+        t.service.add_wire(wires[1])
+        t.send_lag.add_wire(wires[2])
+        t.bytes_in += bytes_in
+        t.checks_passed += passed
+        t.checks_failed += failed
 
 
 @dataclass
@@ -307,7 +316,7 @@ class Timeline:
 
     def _note(self, snapshot: Snapshot, record: IntervalRecord) -> None:
         """What a merged snapshot adds besides its series."""
-        agent = snapshot.agent_id
+        agent = sys.intern(snapshot.agent_id)  # one string per agent, not per interval
         record.agents.add(agent)
         record.active_users[agent] = snapshot.active_users
         record.cpu_percent[agent] = snapshot.cpu_percent

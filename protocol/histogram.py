@@ -33,7 +33,9 @@
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Mapping, Sequence
+from itertools import accumulate, chain, compress, groupby
 from typing import Any
 
 import numpy as np
@@ -673,85 +675,89 @@ def decode_wires(wires: Sequence[Any]) -> WireBatch:
 
     The fast path takes what `to_wire` writes (2-byte index deltas, counts of 1, 2 or
     4 bytes); anything else, or anything it doubts, goes through `decode_wire` one by
-    one, so both accept and reject exactly the same inputs."""
-    lengths: list[int] = []
-    scalars: list[tuple[int, int, int, int]] = []
-    ibs: list[bytes] = []
-    runs: list[tuple[int, list[bytes]]] = []  # consecutive count bytes of equal width
-    starts: list[int] = []
-    ends: list[tuple[int, int, int]] = []  # (min, max, overflow) of the non-empty ones
-    expect: list[int] = []  # their in-range totals
-    offset = 0
-    for d in wires:
-        if type(d) is not dict or len(d) != 9:
-            return _decode_each(wires)
-        try:
-            n, iw, cw, count, overflow, mn, mx = (
-                d["n"], d["iw"], d["cw"], d["count"], d["overflow"], d["min"], d["max"]
-            )  # fmt: skip
-            ib, cb = d["i"], d["c"]
-        except KeyError:
-            return _decode_each(wires)
-        if not (
-            type(n) is int
-            and type(count) is int
-            and type(overflow) is int
-            and type(mn) is int
-            and type(mx) is int
-            and type(iw) is int
-            and type(cw) is int
-            and type(ib) is bytes
-            and type(cb) is bytes
-            and 0 <= n <= COUNTS_LEN
-            and 0 <= overflow <= count <= _MAX_INT
-            and 0 <= mn <= mx <= _MAX_INT
-            and iw == 2
-            and (cw == 1 or cw == 2 or cw == 4)
-            and len(ib) == 2 * n
-            and len(cb) == n * cw
-        ):
-            return _decode_each(wires)
-        if n == 0:
-            if count != overflow or (mx if count == 0 else mn <= HIGHEST):
+    one, so both accept and reject exactly the same inputs. Its checks run column by
+    column in builtins (a snapshot batch holds thousands of histograms)."""
+    if not wires:
+        return WireBatch(_NO_DELTAS, _NO_STARTS, _NO_SLOTS, _NO_COUNTS, [], [])
+    if set(map(type, wires)) != _DICT or set(map(len, wires)) != _NINE:
+        return _decode_each(wires)
+    try:
+        columns = tuple(zip(*map(_WIRE_GET, wires), strict=True))
+    except KeyError:  # nine keys, all of them ours: exactly our keys
+        return _decode_each(wires)
+    ns, iws, cws, counts, overflows, mins, maxs, ibs, cbs = columns
+    if not (
+        set(map(type, chain(ns, iws, cws, counts, overflows, mins, maxs))) == _INT
+        and set(map(type, chain(ibs, cbs))) == _BYTES
+        and set(iws) == _TWO
+        and set(cws) <= _CW_FAST
+        and min(ns) >= 0
+        and max(ns) <= COUNTS_LEN
+        and min(chain(overflows, mins)) >= 0
+        and max(chain(counts, maxs)) <= _MAX_INT
+        and all(map(operator.le, overflows, counts))
+        and all(map(operator.le, mins, maxs))
+        and list(map(len, ibs)) == list(map(operator.add, ns, ns))
+        and list(map(len, cbs)) == list(map(operator.mul, ns, cws))
+    ):
+        return _decode_each(wires)
+    lengths = list(ns)
+    scalars = list(zip(counts, overflows, mins, maxs, strict=True))
+    if 0 in ns:  # empty ones: only overflow, or nothing at all
+        for n, (count, overflow, mn, mx) in zip(ns, scalars, strict=True):
+            if n == 0 and (count != overflow or (mx if count == 0 else mn <= HIGHEST)):
                 return _decode_each(wires)
-        else:
-            if mn > HIGHEST or (mx <= HIGHEST if overflow else mx > HIGHEST):
-                return _decode_each(wires)
-            ibs.append(ib)
-            if runs and runs[-1][0] == cw:
-                runs[-1][1].append(cb)
-            else:
-                runs.append((cw, [cb]))
-            starts.append(offset)
-            offset += n
-            ends.append((mn, mx, overflow))
-            expect.append(count - overflow)
-        lengths.append(n)
-        scalars.append((count, overflow, mn, mx))
-    if not starts:
-        return WireBatch(_NO_DELTAS, _NO_STARTS, _NO_SLOTS, _NO_COUNTS, lengths, scalars)
+        if not any(ns):
+            return WireBatch(_NO_DELTAS, _NO_STARTS, _NO_SLOTS, _NO_COUNTS, lengths, scalars)
+        full_ns = [n for n in ns if n]
+        mins, maxs, overflows, counts = (
+            tuple(compress(column, ns)) for column in (mins, maxs, overflows, counts)
+        )
+    else:
+        full_ns = lengths
+    if max(mins) > HIGHEST:  # min is in a slot (only empty ones hold overflow only)
+        return _decode_each(wires)
     deltas = np.frombuffer(b"".join(ibs), dtype=_INDEX_DTYPES[2])
-    at = np.array(starts, dtype=np.intp)
+    total = deltas.size
+    at = np.fromiter(accumulate(full_ns, initial=0), dtype=np.intp, count=len(full_ns) + 1)[:-1]
     firsts = deltas[at]
     # strictly increasing: every delta but a first one is non-zero (per histogram, the
     # non-zero deltas are at most n - [first == 0], so equal sums mean equal terms)
-    if np.count_nonzero(deltas) != offset - (len(starts) - np.count_nonzero(firsts)):
+    if np.count_nonzero(deltas) != total - (at.size - np.count_nonzero(firsts)):
         return _decode_each(wires)
-    lasts = np.add.reduceat(deltas, at, dtype=np.int64)  # a histogram's deltas sum to its last
+    # a histogram's deltas sum to its last index (< 2^32: n < 2^16 deltas below 2^16)
+    lasts = np.add.reduceat(deltas, at, dtype=np.uint32).astype(np.int64)
     if int(lasts.max()) >= COUNTS_LEN:
         return _decode_each(wires)
-    arrays = [np.frombuffer(b"".join(parts), dtype=_COUNT_DTYPES[w]) for w, parts in runs]
-    cnt = (
-        np.concatenate(arrays, dtype=np.uint64) if len(arrays) > 1 else arrays[0].astype(np.uint64)
-    )
-    if np.count_nonzero(cnt) != offset:
+    # min in the first slot; max in the last one, or above HIGHEST with overflow only
+    over = np.array(overflows, dtype=np.int64) > 0
+    top = np.array(maxs, dtype=np.int64)
+    if not (
+        np.array_equal(indices_of(np.array(mins, dtype=np.int64)), firsts)
+        and np.array_equal(top > HIGHEST, over)
+        and np.array_equal(indices_of(np.where(over, 0, top)), np.where(over, 0, lasts))
+    ):
         return _decode_each(wires)
-    if np.add.reduceat(cnt, at).tolist() != expect:  # < n * 2^32 each: no wrap-around
+    if len(set(cws)) == 1:
+        raw = [np.frombuffer(b"".join(cbs), dtype=_COUNT_DTYPES[cws[0]])]
+    else:  # runs of equal width, each read at once
+        runs = groupby(zip(cws, cbs, strict=True), key=_FIRST)
+        raw = [
+            np.frombuffer(b"".join(map(_SECOND, run)), dtype=_COUNT_DTYPES[w]) for w, run in runs
+        ]
+    if sum(map(np.count_nonzero, raw)) != total:  # on the narrow counts: cheaper
         return _decode_each(wires)
-    for (mn, mx, overflow), first, last in zip(ends, firsts.tolist(), lasts.tolist(), strict=True):
-        if index_of(mn) != first or (not overflow and index_of(mx) != last):
-            return _decode_each(wires)
+    cnt = raw[0].astype(np.uint64) if len(raw) == 1 else np.concatenate(raw, dtype=np.uint64)
+    sums = np.add.reduceat(cnt, at)  # < n * 2^32 each: no wrap-around
+    if sums.tolist() != list(map(operator.sub, counts, overflows)):
+        return _decode_each(wires)
     return WireBatch(deltas, at, lasts, cnt, lengths, scalars)
+
+
+_WIRE_GET = operator.itemgetter("n", "iw", "cw", "count", "overflow", "min", "max", "i", "c")
+_FIRST, _SECOND = operator.itemgetter(0), operator.itemgetter(1)
+_DICT, _INT, _BYTES = frozenset((dict,)), frozenset((int,)), frozenset((bytes,))
+_NINE, _TWO, _CW_FAST = frozenset((9,)), frozenset((2,)), frozenset((1, 2, 4))
 
 
 def _decode_each(wires: Sequence[Any]) -> WireBatch:
