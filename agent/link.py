@@ -23,7 +23,8 @@ from loadctl.protocol.messages import Message, Snapshot
 log = logging.getLogger("loadctl.agent")
 
 OUTBOX_LIMIT = 1200  # snapshots kept unacked: 20 minutes at 1 s intervals
-RESEND_AFTER = 2.0  # seconds an unacked snapshot waits before it is sent again
+RESEND_AFTER = 2.0  # seconds an unacked snapshot waits before it is sent again,
+RESEND_MAX = 6.0  # doubling up to this: a busy coordinator is not flooded with copies
 
 
 class CoordinatorLink:
@@ -47,7 +48,8 @@ class CoordinatorLink:
             apply(self.socket)
         self.socket.connect(endpoint)
         self.last_heard = time.monotonic()
-        self.outbox: OrderedDict[int, tuple[float, bytes]] = OrderedDict()
+        # seq -> (when to resend it, the wait after that, the encoded snapshot)
+        self.outbox: OrderedDict[int, tuple[float, float, bytes]] = OrderedDict()
         self.next_seq = 1
         self.outbox_dropped = 0
         self.bad_frames = 0
@@ -69,7 +71,7 @@ class CoordinatorLink:
 
     async def send_snapshot(self, snapshot: Snapshot) -> None:
         data = encode(snapshot)
-        self.outbox[snapshot.seq] = (time.monotonic(), data)
+        self.outbox[snapshot.seq] = (time.monotonic() + RESEND_AFTER, RESEND_AFTER, data)
         while len(self.outbox) > OUTBOX_LIMIT:
             self.outbox.popitem(last=False)
             self.outbox_dropped += 1
@@ -87,9 +89,10 @@ class CoordinatorLink:
     async def resend_due(self, force: bool = False) -> int:
         now = time.monotonic()
         sent = 0
-        for seq, (stamp, data) in list(self.outbox.items()):
-            if force or now - stamp >= RESEND_AFTER:
-                self.outbox[seq] = (now, data)
+        for seq, (due, wait, data) in list(self.outbox.items()):
+            if force or now >= due:
+                wait = RESEND_AFTER if force else min(2 * wait, RESEND_MAX)
+                self.outbox[seq] = (now + wait, wait, data)
                 if not await self._send(data):
                     break
                 sent += 1

@@ -39,6 +39,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -143,9 +144,9 @@ def coordinator_main(
                 self.handler_seconds.append(cpu / len(snapshots))
                 self.merged.append((snapshot.agent_id, snapshot.seq, snapshot.end, now))
 
-        async def _on_snapshots(self, batch: list[tuple[Any, bytes, Snapshot]]) -> None:
+        async def _on_snapshots(self, batch: list[tuple[Any, bytes, Snapshot]], *args: Any) -> None:
             t0 = time.thread_time()
-            await super()._on_snapshots(batch)  # type: ignore[misc]
+            await super()._on_snapshots(batch, *args)  # type: ignore[misc]
             self._record([s for _, _, s in batch], time.thread_time() - t0)
 
         async def _on_snapshot(self, agent: Any, identity: bytes, snapshot: Snapshot) -> None:
@@ -556,8 +557,12 @@ def run_size(
     ctx: Any,
     lost_after: float = 0.0,
     py_spy: str | None = None,
+    transport: str = "tcp",
 ) -> Figures | None:
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    if transport == "ipc":  # a Unix socket: cheaper for both ends than TCP on loopback
+        endpoint = f"ipc://{tempfile.mkdtemp(prefix='loadctl-scale-')}/coordinator.sock"
+    else:
+        endpoint = f"tcp://127.0.0.1:{free_port()}"
     coord_q = ctx.Queue()
     agent_q = ctx.Queue()
     coord = ctx.Process(
@@ -746,6 +751,12 @@ def main() -> None:
         "--py-spy", default=None, help="sample the coordinator with py-spy into this file (raw)"
     )
     parser.add_argument(
+        "--transport",
+        choices=("tcp", "ipc"),
+        default="tcp",
+        help="tcp on loopback (as across machines), or ipc (cheaper: more CPU left to measure)",
+    )
+    parser.add_argument(
         "--lost-after",
         type=float,
         default=0.0,
@@ -772,7 +783,7 @@ def main() -> None:
         profile = f"{args.profile}.{n}" if args.profile and len(sizes) > 1 else args.profile
         t0 = time.time()
         spy = f"{args.py_spy}.{n}" if args.py_spy and len(sizes) > 1 else args.py_spy
-        fig = run_size(n, args.seconds, procs, profile, ctx, args.lost_after, spy)
+        fig = run_size(n, args.seconds, procs, profile, ctx, args.lost_after, spy, args.transport)
         if fig is None:
             continue
         rows.append(fig)

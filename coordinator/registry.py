@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from loadctl.coordinator.seqs import SeqSet
 from loadctl.protocol.messages import Hello
 
 
@@ -21,7 +22,7 @@ class AgentRecord:
     planned: bool = False  # has a plan for the current run
     started_at: float | None = None  # its reported start, coordinator clock
     done_seq: int | None = None  # last seq it announced with Done
-    seqs: set[int] = field(default_factory=set)  # snapshot seqs received this run
+    seqs: SeqSet = field(default_factory=SeqSet)  # snapshot seqs received this run
     lost_at: float | None = None
     joined_at: float | None = None  # joined mid-run
     cpu_percent: float = 0.0
@@ -53,15 +54,11 @@ class AgentRecord:
     def missing_seqs(self) -> list[int]:
         if self.done_seq is None:
             return []
-        return [s for s in range(1, self.done_seq + 1) if s not in self.seqs]
+        return self.seqs.missing_up_to(self.done_seq)
 
     def complete(self) -> bool:
         """It said Done and every snapshot up to that point has arrived."""
-        return (
-            self.done_seq is not None
-            and len(self.seqs) >= self.done_seq
-            and all(s in self.seqs for s in range(1, self.done_seq + 1))
-        )
+        return self.done_seq is not None and self.seqs.has_all_up_to(self.done_seq)
 
 
 class Registry:

@@ -15,12 +15,13 @@ the change before it takes effect and no arrival is sent twice.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import math
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -30,6 +31,7 @@ from loadctl.coordinator.chaos import ChaosTimeline, FaultRecord
 from loadctl.coordinator.registry import AgentRecord, Registry
 from loadctl.coordinator.server import Server
 from loadctl.coordinator.timeline import Timeline
+from loadctl.protocol.codec import peek_snapshot
 from loadctl.protocol.messages import (
     Ack,
     Bye,
@@ -207,33 +209,37 @@ class Coordinator:
                 self.options.agents,
             )
             self._wait_deadline = time.monotonic() + self.options.wait_timeout
-            pending: deque[list[bytes]] = deque()  # received, not yet handled
-            pending_bytes = 0  # their size: at most some 64 MiB come off the socket early
+            # received, not yet handled; True: a snapshot acked on arrival
+            pending: deque[tuple[list[bytes], bool]] = deque()
+            # their size: up to 256 MiB come off the socket early (a burst of a thousand
+            # snapshots is some 80 MiB); past that they wait in ZeroMQ's queue instead
+            pending_bytes = 0
             last_tick = 0.0
             while self.state != "finished":
-                # What arrived comes off the socket at once (up to bounds) and its
-                # senders count as heard from now, before the costly part (decoding,
-                # merging): a backlog must not make live agents look lost. It is then
-                # handled 256 messages at a time, with the clock-driven duties after
-                # a batch at most every 50 ms (they cost O(agents): run per message,
-                # with a thousand agents, they would take the whole loop); consecutive
-                # snapshots (the burst at an interval's end) merge together.
+                # What arrived comes off the socket at once (up to bounds): its senders
+                # count as heard from now and its snapshots are acked now, before the
+                # costly part (decoding, merging), so a backlog here neither makes live
+                # agents look lost nor makes them resend. It is then handled 256
+                # messages at a time, with the clock-driven duties after a batch at most
+                # every 50 ms (they cost O(agents): run per message, with a thousand
+                # agents, they would take the whole loop); consecutive snapshots (the
+                # burst at an interval's end) merge together.
                 room = 16384 - len(pending)
-                if room > 0 and pending_bytes < 64 << 20:
+                if room > 0 and pending_bytes < 256 << 20:
                     frames = await self.server.receive_frames(
-                        0.0 if pending else 0.05, room, (64 << 20) - pending_bytes
+                        0.0 if pending else 0.05, room, (256 << 20) - pending_bytes
                     )
-                    for identity in {raw[0] for raw in frames}:
-                        agent = self.registry.by_identity(identity)
-                        if agent is not None:
-                            agent.saw()
-                    pending.extend(frames)
-                    pending_bytes += sum(len(raw[-1]) for raw in frames)
+                    for raw in frames:
+                        acked = await self._on_arrival(raw)
+                        if acked is not None:
+                            pending.append((raw, acked))
+                            pending_bytes += len(raw[-1])
                 if pending:
                     await asyncio.sleep(0)  # other tasks run even while a backlog lasts
                 snapshots: list[tuple[AgentRecord | None, bytes, Snapshot]] = []
+                acked_now: list[int] = []  # positions in `snapshots` acked on arrival
                 for _ in range(min(len(pending), 256)):
-                    raw = pending.popleft()
+                    raw, acked = pending.popleft()
                     pending_bytes -= len(raw[-1])
                     got = self.server.accept(raw)
                     if got is None:
@@ -243,18 +249,20 @@ class Coordinator:
                     if agent is not None:
                         agent.saw()
                     if type(message) is Snapshot:
+                        if acked:
+                            acked_now.append(len(snapshots))
                         snapshots.append((agent, identity, message))
                         continue
                     if snapshots:
-                        await self._on_snapshots(snapshots)
-                        snapshots = []
+                        await self._on_snapshots(snapshots, acked_now)
+                        snapshots, acked_now = [], []
                     handler = self._handlers.get(type(message))
                     if handler is None:
                         await self._unexpected(identity, message)
                     else:
                         await handler(agent, identity, message)
                 if snapshots:
-                    await self._on_snapshots(snapshots)
+                    await self._on_snapshots(snapshots, acked_now)
                 now = time.monotonic()
                 if now - last_tick >= 0.05:  # a tick costs O(agents)
                     last_tick = now
@@ -314,8 +322,11 @@ class Coordinator:
         now = time.monotonic()
         if now - self._last_beat >= self.options.heartbeat:
             self._last_beat = now
-            for agent in self.registry.alive():
-                await self._send(agent, Heartbeat(self.state, 0.0, 0, 0, time.time()))
+            assert self.server is not None
+            self.server.broadcast(
+                [a.identity for a in self.registry.alive()],
+                Heartbeat(self.state, 0.0, 0, 0, time.time()),
+            )
         if self.state == "waiting":
             await self._tick_waiting(now)
         elif self.state in ("running", "draining"):
@@ -338,9 +349,10 @@ class Coordinator:
             )
 
     async def _tick_running(self, now: float) -> None:
-        for agent in self._planned_alive():
-            if not agent.complete() and agent.silence() > self.options.lost_after:
-                await self._lost(agent)
+        lost_after = self.options.lost_after
+        silent = [a for a in self._planned_alive() if a.silence() > lost_after and not a.complete()]
+        if silent:
+            await self._lose(silent)
         if self._interrupt and self.state == "running":
             self.status = "interrupted"
             self.events.append(RunEvent(time.time(), "interrupted"))
@@ -401,6 +413,9 @@ class Coordinator:
             )
             self.chaos.start()
         self.state = "running"
+        # What setup built (scenario, plans, registry) lives to the end of the run:
+        # the collector need not walk it again at every full collection.
+        gc.freeze()
         log.info("run %s starts with %d agent(s)", self.run_id, len(agents))
 
     async def _plan(self, agent: AgentRecord, share: Share) -> None:
@@ -435,25 +450,35 @@ class Coordinator:
         )
         return since
 
-    async def _lost(self, agent: AgentRecord) -> None:
-        silence = agent.silence()
-        agent.lost_at = time.time()
-        self.events.append(
-            RunEvent(agent.lost_at, "lost", agent.agent_id, f"silent for {silence:.1f} s")
-        )
-        log.warning("agent %s lost (silent for %.1f s)", agent.agent_id, silence)
-        await self._send(agent, Stop(self.run_id, REJOIN))  # heard only if the link is half up
-        if self.options.rebalance and self.state == "running" and agent.agent_id in self.order:
-            self.weights[self.order.index(agent.agent_id)] = 0
-            if any(self.weights):
-                # The lost agent stops by itself `deadman` seconds after it last heard us,
-                # which was no later than we last heard it: its share moves only then,
-                # so no arrival is sent twice.
-                # It may have heard our last heartbeat up to one heartbeat after we last
-                # heard it, hence the heartbeat in the sum.
+    async def _lose(self, agents: list[AgentRecord]) -> None:
+        """Agents gone silent (or said Bye): each is marked lost, and their shares move
+        to the others in one reshare (a thousand agents lost at once must not cost a
+        thousand rounds of a thousand plan updates)."""
+        stopped_by = 0.0
+        moved: list[str] = []
+        for agent in agents:
+            silence = agent.silence()
+            agent.lost_at = time.time()
+            self.events.append(
+                RunEvent(agent.lost_at, "lost", agent.agent_id, f"silent for {silence:.1f} s")
+            )
+            log.warning("agent %s lost (silent for %.1f s)", agent.agent_id, silence)
+            await self._send(agent, Stop(self.run_id, REJOIN))  # heard if the link is half up
+            if self.options.rebalance and self.state == "running" and agent.agent_id in self.order:
+                self.weights[self.order.index(agent.agent_id)] = 0
+                moved.append(agent.agent_id)
+                # The lost agent stops by itself `deadman` seconds after it last heard
+                # us, which was no later than we last heard it: its share moves only
+                # then, so no arrival is sent twice. It may have heard our last
+                # heartbeat up to one heartbeat after we last heard it, hence the
+                # heartbeat in the sum.
                 last_heard = self.run_time() - silence
-                stopped_by = last_heard + self.options.heartbeat + self.options.deadman
-                await self._reshare("agent lost", agent.agent_id, stopped_by + DEADMAN_MARGIN)
+                stopped_by = max(
+                    stopped_by, last_heard + self.options.heartbeat + self.options.deadman
+                )
+        if moved and any(self.weights):
+            who = moved[0] if len(moved) == 1 else f"{moved[0]} and {len(moved) - 1} more"
+            await self._reshare("agent lost", who, stopped_by + DEADMAN_MARGIN)
 
     async def _ask_rejoin(self, agent: AgentRecord) -> None:
         """A lost agent is back: it stops its old share, hands over its results and, if
@@ -538,12 +563,38 @@ class Coordinator:
     ) -> None:
         await self._on_snapshots([(agent, identity, snapshot)])
 
-    async def _on_snapshots(self, batch: list[tuple[AgentRecord | None, bytes, Snapshot]]) -> None:
-        """Snapshots received together: each checked and acked in turn, then merged
-        together (`Timeline.add_many`; a malformed one is still dropped alone)."""
+    async def _on_arrival(self, raw: list[bytes]) -> bool | None:
+        """A message just taken off the socket: its sender is heard from now. A snapshot
+        of a planned agent is acked at once, from its first bytes (`peek_snapshot`): True
+        then; None if it resends one merged already (nothing is left to do with it)."""
+        agent = self.registry.by_identity(raw[0])
+        if agent is None:
+            return False
+        agent.saw()
+        if not agent.planned or len(raw) != 2:
+            return False
+        head = peek_snapshot(raw[1])
+        if head is None or head[1] != agent.agent_id:
+            return False
+        run_id, _, seq = head
+        assert self.server is not None
+        await self.server.send(raw[0], Ack(run_id, (seq,)))
+        if run_id == self.run_id and agent.alive and self.timeline.seen(agent.agent_id, seq):
+            self.timeline.duplicates += 1  # as Timeline.add would count it, undecoded
+            return None
+        return True
+
+    async def _on_snapshots(
+        self,
+        batch: list[tuple[AgentRecord | None, bytes, Snapshot]],
+        acked: Collection[int] = (),
+    ) -> None:
+        """Snapshots received together: each checked and acked in turn (but those at
+        the positions `acked`, acked on arrival), then merged together
+        (`Timeline.add_many`; a malformed one is still dropped alone)."""
         assert self.server is not None
         accepted: list[tuple[AgentRecord, bytes, Snapshot]] = []
-        for agent, identity, snapshot in batch:
+        for position, (agent, identity, snapshot) in enumerate(batch):
             if agent is None or snapshot.agent_id != agent.agent_id:
                 self.server.reject("unknown-agent", identity, "snapshot from an unknown agent")
                 continue
@@ -552,7 +603,8 @@ class Coordinator:
                     "unplanned-agent", identity, "snapshot from an agent with no plan"
                 )
                 continue
-            await self.server.send(identity, Ack(snapshot.run_id, (snapshot.seq,)))
+            if position not in acked:
+                await self.server.send(identity, Ack(snapshot.run_id, (snapshot.seq,)))
             if snapshot.run_id != self.run_id:
                 self.server.reject("unknown-run", identity, f"snapshot for run {snapshot.run_id!r}")
                 continue
@@ -600,4 +652,4 @@ class Coordinator:
 
     async def _on_bye(self, agent: AgentRecord | None, identity: bytes, bye: Bye) -> None:
         if agent is not None and agent.alive:
-            await self._lost(agent)
+            await self._lose([agent])

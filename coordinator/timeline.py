@@ -30,6 +30,7 @@ import msgpack
 import numpy as np
 import numpy.typing as npt
 
+from loadctl.coordinator.seqs import SeqSet
 from loadctl.coordinator.stats import Totals, validate_snapshot_series
 from loadctl.protocol.histogram import COUNTS_LEN, Histogram, WireBatch, add_batch, check_batch
 from loadctl.protocol.messages import Series, Snapshot
@@ -187,34 +188,11 @@ class IntervalRecord:
             self.series[k] = t
 
 
-class _Seen:
-    """The seqs of one agent that arrived: all up to `upto`, and those in `above`."""
-
-    __slots__ = ("above", "upto")
-
-    def __init__(self) -> None:
-        self.upto = 0  # seqs count from 1
-        self.above: set[int] = set()
-
-    def __contains__(self, seq: int) -> bool:
-        return 0 < seq <= self.upto or seq in self.above
-
-    def add(self, seq: int) -> None:
-        if seq == self.upto + 1 and seq > 0:
-            self.upto = seq
-            above = self.above
-            while above and self.upto + 1 in above:
-                self.upto += 1
-                above.remove(self.upto)
-        elif seq > self.upto or seq <= 0:  # no agent sends seq <= 0, but one may
-            self.above.add(seq)
-
-
 class Timeline:
     def __init__(self) -> None:
         self.intervals: dict[int, IntervalRecord] = {}
         self._totals: dict[SeriesKey, Totals] = {}
-        self._seen: dict[str, _Seen] = {}
+        self._seen: dict[str, SeqSet] = {}
         self._dense: set[int] = set()  # intervals whose series are (partly) dense
         self._unfolded: set[int] = set()  # intervals not yet folded into the totals
         self.duplicates = 0
@@ -226,6 +204,11 @@ class Timeline:
         for i in sorted(self._unfolded):
             self._fold(self.intervals[i])
         return self._totals
+
+    def seen(self, agent_id: str, seq: int) -> bool:
+        """Whether the snapshot (agent_id, seq) is merged already."""
+        seen = self._seen.get(agent_id)
+        return seen is not None and seq in seen
 
     def add(self, snapshot: Snapshot) -> bool:
         """Merge a snapshot; False if it was a duplicate. Raises ValueError if malformed."""
@@ -323,7 +306,7 @@ class Timeline:
         record.rss_bytes[agent] = snapshot.rss_bytes
         seen = self._seen.get(agent)
         if seen is None:
-            seen = self._seen[agent] = _Seen()
+            seen = self._seen[agent] = SeqSet()
         seen.add(snapshot.seq)
         if snapshot.interval > self.newest:
             self.newest = snapshot.interval

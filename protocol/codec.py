@@ -22,7 +22,7 @@ from typing import Any, Union
 
 import msgpack
 
-from loadctl.protocol.messages import MESSAGE_TYPES, OPAQUE, PROTOCOL_VERSION, Message
+from loadctl.protocol.messages import MESSAGE_TYPES, OPAQUE, PROTOCOL_VERSION, Message, Snapshot
 
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 
@@ -344,6 +344,15 @@ def _fast_plain(
             ns[f"_p{i}"] = _fast_plain(tp, made)
             parts.append(f"_p{i}({value})")
         elif (
+            origin in (Union, types.UnionType)
+            and len(args) == 2
+            and type(None) in args
+            and dataclasses.is_dataclass(record := next(a for a in args if a is not type(None)))
+            and isinstance(record, type)
+        ):  # an optional record (a PlanUpdate's Share: a thousand weights, not walked)
+            ns[f"_p{i}"] = _fast_plain(record, made)
+            parts.append(f"(None if {value} is None else _p{i}({value}))")
+        elif (
             origin is tuple and len(args) == 2 and args[1] is Ellipsis and args[0] in _INLINE_CHECKS
         ):
             parts.append(value)
@@ -429,4 +438,30 @@ def peek_version(data: bytes) -> object:
         return None
     if type(frame) is list and frame:
         return frame[0]
+    return None
+
+
+_SNAPSHOT_FIELDS = len(dataclasses.fields(Snapshot))
+
+
+def peek_snapshot(data: bytes) -> tuple[str, str, int] | None:
+    """(run_id, agent_id, seq) of what looks like a Snapshot frame, read from its first
+    bytes only; None for anything else. Nothing is validated beyond those three: the
+    receiver acks a snapshot the moment it arrives (so a backlog does not make agents
+    resend) and still decodes it completely (`decode`) before merging anything."""
+    try:
+        unpacker = msgpack.Unpacker(raw=False, ext_hook=_no_ext, timestamp=0)
+        unpacker.feed(memoryview(data)[:512])  # run and agent ids are short
+        if unpacker.read_array_header() != 3:
+            return None
+        version, type_id = unpacker.unpack(), unpacker.unpack()
+        if type(version) is not int or version != PROTOCOL_VERSION or type(type_id) is not int:
+            return None
+        if type_id != Snapshot.TYPE or unpacker.read_array_header() != _SNAPSHOT_FIELDS:
+            return None
+        run_id, agent_id, seq = unpacker.unpack(), unpacker.unpack(), unpacker.unpack()
+    except Exception:  # short, garbage, or not msgpack at all: the full decode says why
+        return None
+    if type(run_id) is str and type(agent_id) is str and type(seq) is int:
+        return run_id, agent_id, seq
     return None
