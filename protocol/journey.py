@@ -1,199 +1,115 @@
-"""Journeys, as both sides read them: templates, extraction, checks, data, flows.
+"""Journeys, as both sides read them: what a request does with its reply, and the checks
+that hold a scenario's journeys together (see docs/journeys.md for the user's view).
 
-Pure syntax and arithmetic (see docs/journeys.md for the user's view):
+* `extract` items of a request: a variable taken from the reply (a JSON path,
+  a regex group, a header or a cookie), with an optional default;
+* `check` items: status, a JSON path's presence or value, body text, a header,
+  latency; a check's expected text may be a template;
+* the scenario's `variables`: constants every template may use;
+* cross-checks over the whole scenario (`validate_journeys`): every name a
+  template uses is defined, and a phase uses only what its model can feed
+  (an arrival-rate phase has no users: no extraction, checks, user variables
+  or rows).
 
-* templates: `${name}` in a request's path, query, header values and body
-  (and in check values); `$${` writes a literal `${`. Names are the built-ins
-  (`user_id`, `iteration`, `random`, `uuid`, `now`, `now_ms`, `now_iso`), the
-  scenario's `variables`, variables a request extracts, and the current
-  feeder row: `${row.FIELD}` (or `${row}` for the whole row);
-* `extract` and `check` items of a request;
-* `data` sources (CSV or JSON-lines files) and how their rows are sharded
-  across agents (both sides compute the same shard from the same share);
-* Python flow references (`path/to/file.py:function` or `module:function`).
+The pieces a journey is made of live in their own modules: templates
+(`protocol.templates`), JSON paths (`protocol.json_path`), data feeders
+(`protocol.feeders`) and Python flow references (`protocol.flows`). Their
+names are also importable from here, as they were before the split.
 
-Reading files, shipping rows and running code are each side's own business.
+Pure syntax: reading files, shipping rows and running code are each side's
+own business.
 """
 
 from __future__ import annotations
 
-import csv
 import difflib
-import io
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from loadctl.protocol.feeders import (
+    DATA_FORMATS,
+    DATA_MODES,
+    UNIQUE_MODES,
+    DataSource,
+    data_key,
+    decode_rows,
+    encode_rows,
+    parse_data,
+    parse_rows,
+    rows_needed,
+    shard,
+    user_blocks,
+)
 from loadctl.protocol.fields import Fields, Path, ScenarioError
-from loadctl.protocol.segments import Stripe
+from loadctl.protocol.flows import FLOW_BUILTINS, FlowRef, flow_key, is_python_flow, parse_flow_ref
+from loadctl.protocol.json_path import MISSING, JsonPath, json_lookup, parse_json_path
+from loadctl.protocol.templates import (
+    BUILTINS,
+    OPEN_BUILTINS,
+    RESERVED,
+    ROW,
+    Ref,
+    Template,
+    check_name,
+    is_static,
+    json_refs,
+    json_templates,
+    parse_template,
+    refs_of,
+    text_of,
+)
 
 if TYPE_CHECKING:
     from loadctl.protocol.scenario import Phase, RequestSpec
 
-# Built-ins every template may use in a users phase; an arrival-rate phase has
-# no users (hence no user id, iteration, variables of its own or rows).
-BUILTINS = ("user_id", "iteration", "random", "uuid", "now", "now_ms", "now_iso")
-OPEN_BUILTINS = ("random", "uuid", "now", "now_ms", "now_iso")
-ROW = "row"
-RESERVED = (*BUILTINS, ROW)
+__all__ = [
+    "BUILTINS",
+    "CHECK_KINDS",
+    "DATA_FORMATS",
+    "DATA_MODES",
+    "EXTRACT_KINDS",
+    "FLOW_BUILTINS",
+    "MISSING",
+    "OPEN_BUILTINS",
+    "RESERVED",
+    "ROW",
+    "UNIQUE_MODES",
+    "Check",
+    "DataSource",
+    "Extract",
+    "FlowRef",
+    "JsonPath",
+    "Ref",
+    "Template",
+    "data_key",
+    "decode_rows",
+    "encode_rows",
+    "flow_key",
+    "is_python_flow",
+    "is_static",
+    "json_lookup",
+    "json_templates",
+    "parse_checks",
+    "parse_data",
+    "parse_extracts",
+    "parse_flow_ref",
+    "parse_json_path",
+    "parse_rows",
+    "parse_template",
+    "parse_variables",
+    "refs_of",
+    "request_refs",
+    "rows_needed",
+    "shard",
+    "text_of",
+    "user_blocks",
+    "validate_journeys",
+]
 
-DATA_MODES = ("unique-per-user", "unique-per-iteration", "sequential", "random")
-UNIQUE_MODES = ("unique-per-user", "unique-per-iteration")
-DATA_FORMATS = ("csv", "jsonl")
-FLOW_BUILTINS = ("mix", "sequence")
-
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _STATUS_CLASS = re.compile(r"[1-5]xx\Z")
-
-
-# -- templates ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Ref:
-    """`${name}`, or `${row.field}` (name "row", field "field")."""
-
-    name: str
-    field: str | None = None
-
-    def __str__(self) -> str:
-        return "${" + self.name + (f".{self.field}" if self.field is not None else "") + "}"
-
-
-Template = tuple["str | Ref", ...]
-
-
-def parse_template(text: str, path: Path = ()) -> Template:
-    """Split text into literal parts and references; `$${` is a literal `${`."""
-    if "${" not in text:
-        return (text,)
-    parts: list[str | Ref] = []
-    literal: list[str] = []
-    i = 0
-    while i < len(text):
-        if text.startswith("$${", i):
-            literal.append("${")
-            i += 3
-            continue
-        if text.startswith("${", i):
-            end = text.find("}", i + 2)
-            if end < 0:
-                raise ScenarioError(path, f"unclosed '${{' in {text!r}: close it with '}}'")
-            ref = _parse_ref(text[i + 2 : end].strip(), path)
-            if literal:
-                parts.append("".join(literal))
-                literal = []
-            parts.append(ref)
-            i = end + 1
-            continue
-        literal.append(text[i])
-        i += 1
-    if literal:
-        parts.append("".join(literal))
-    return tuple(parts)
-
-
-def _parse_ref(inner: str, path: Path) -> Ref:
-    name, dot, field = inner.partition(".")
-    if not _NAME.match(name):
-        raise ScenarioError(
-            path, f"'${{{inner}}}' is not a variable: use ${{name}} or ${{row.field}}"
-        )
-    if dot:
-        if name != ROW:
-            raise ScenarioError(
-                path, f"'${{{inner}}}': only feeder rows have fields (${{row.{field or 'field'}}})"
-            )
-        if not field:
-            raise ScenarioError(path, f"'${{{inner}}}': name the row's field, as ${{row.username}}")
-        return Ref(ROW, field)
-    return Ref(name)
-
-
-def is_static(template: Template) -> bool:
-    return all(isinstance(p, str) for p in template)
-
-
-def refs_of(template: Template) -> list[Ref]:
-    return [p for p in template if isinstance(p, Ref)]
-
-
-def json_templates(value: Any, path: Path) -> Any:
-    """A JSON body with each text leaf parsed into a Template (keys stay as written)."""
-    if isinstance(value, str):
-        return parse_template(value, path)
-    if isinstance(value, list):
-        return [json_templates(v, (*path, i)) for i, v in enumerate(value)]
-    if isinstance(value, dict):
-        return {k: json_templates(v, (*path, k)) for k, v in value.items()}
-    return value
-
-
-def _json_refs(value: Any) -> Iterable[Ref]:
-    if isinstance(value, tuple):
-        yield from refs_of(value)
-    elif isinstance(value, list):
-        for v in value:
-            yield from _json_refs(v)
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _json_refs(v)
-
-
-# -- JSON paths: $.a.b[0].c, $['key with spaces'], $.list[-1] ------------------------------
-
-JsonPath = tuple[str | int, ...]
-_PATH_TOKEN = re.compile(
-    r"\.(?P<name>[A-Za-z_$][\w$-]*)"
-    r"|\[\s*(?P<index>-?\d+)\s*\]"
-    r"|\[\s*'(?P<single>(?:[^'\\]|\\.)*)'\s*\]"
-    r'|\[\s*"(?P<double>(?:[^"\\]|\\.)*)"\s*\]'
-)
-
-
-def parse_json_path(text: str, path: Path = ()) -> JsonPath:
-    if not isinstance(text, str) or not text.startswith("$"):
-        raise ScenarioError(
-            path, f"a JSON path starts with '$', as $.token or $.items[0].id: {text!r}"
-        )
-    out: list[str | int] = []
-    i = 1
-    while i < len(text):
-        m = _PATH_TOKEN.match(text, i)
-        if m is None:
-            raise ScenarioError(
-                path,
-                f"JSON path {text!r}: cannot read {text[i:]!r} (use .name, [0] or ['name'])",
-            )
-        if m.group("name") is not None:
-            out.append(m.group("name"))
-        elif m.group("index") is not None:
-            out.append(int(m.group("index")))
-        else:
-            raw = m.group("single") if m.group("single") is not None else m.group("double")
-            out.append(re.sub(r"\\(.)", r"\1", raw))
-        i = m.end()
-    return tuple(out)
-
-
-MISSING: Any = type("Missing", (), {"__repr__": lambda self: "MISSING"})()
-
-
-def json_lookup(document: Any, json_path: JsonPath) -> Any:
-    """The value at `json_path`, or MISSING."""
-    value = document
-    for key in json_path:
-        if isinstance(key, int):
-            if not isinstance(value, list) or not -len(value) <= key < len(value):
-                return MISSING
-            value = value[key]
-        else:
-            if not isinstance(value, dict) or key not in value:
-                return MISSING
-            value = value[key]
-    return value
 
 
 # -- extraction ---------------------------------------------------------------------------
@@ -220,8 +136,7 @@ def parse_extracts(items: list[Any], path: Path) -> tuple[Extract, ...]:
     for i, item in enumerate(items):
         f = Fields(item, (*path, i), "extraction")
         var = f.text("var")
-        if not _NAME.match(var):
-            raise ScenarioError(f.at("var"), f"'{var}' is not a variable name (letters, digits, _)")
+        check_name(var, f.at("var"), "variable")
         if var in RESERVED:
             raise ScenarioError(f.at("var"), f"'{var}' is a built-in name: choose another")
         kinds = [k for k in EXTRACT_KINDS if f.has(k)]
@@ -249,7 +164,9 @@ def parse_extracts(items: list[Any], path: Path) -> tuple[Extract, ...]:
             raise ScenarioError(f.at("default"), "the default must be text or a number")
         f.done()
         out.append(
-            Extract(var, kind, expr, json_path, group, None if default is None else _text(default))
+            Extract(
+                var, kind, expr, json_path, group, None if default is None else text_of(default)
+            )
         )
     return tuple(out)
 
@@ -297,8 +214,6 @@ def parse_checks(items: list[Any], path: Path) -> tuple[Check, ...]:
 
 
 def _relabel(check: Check, label: str) -> Check:
-    from dataclasses import replace
-
     return replace(check, label=label)
 
 
@@ -357,7 +272,7 @@ def _check(f: Fields, kind: str) -> Check:
         if equals is not None:
             if isinstance(equals, dict | list):
                 raise ScenarioError(f.at("equals"), "a header value is text")
-            template = parse_template(_text(equals), f.at("equals"))
+            template = parse_template(text_of(equals), f.at("equals"))
             return Check(
                 "header",
                 f"header {header} == {equals}",
@@ -370,72 +285,7 @@ def _check(f: Fields, kind: str) -> Check:
     return Check("latency_under", f"latency < {f.raw('latency_under')}", seconds=seconds)
 
 
-def _text(value: Any) -> str:
-    """A value as it reads in text: JSON's spelling for true/false/null."""
-    if isinstance(value, str):
-        return value
-    if value is None or isinstance(value, bool | dict | list):
-        return json.dumps(value, separators=(",", ":"))
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
-text_of = _text
-
-
-# -- data sources -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class DataSource:
-    name: str
-    file: str  # as written (the CLI makes relative paths absolute from the scenario's folder)
-    format: str  # csv | jsonl
-    mode: str
-    wrap: bool
-    shared_path: bool  # agents read `file` themselves instead of getting rows shipped
-
-    @property
-    def unique(self) -> bool:
-        return self.mode in UNIQUE_MODES
-
-
-def parse_data(value: Any, path: Path = ("data",)) -> dict[str, DataSource]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise ScenarioError(path, "data maps a name to a source: {users: {file: users.csv}}")
-    out: dict[str, DataSource] = {}
-    for name, item in value.items():
-        at = (*path, str(name))
-        if not isinstance(name, str) or not _NAME.match(name):
-            raise ScenarioError(at, f"'{name}' is not a data source name (letters, digits, _)")
-        f = Fields(item, at, "data source")
-        file = f.text("file")
-        if not file:
-            raise ScenarioError(f.at("file"), "name the file")
-        lower = file.lower()
-        guessed = (
-            "csv"
-            if lower.endswith(".csv")
-            else "jsonl"
-            if lower.endswith((".jsonl", ".ndjson"))
-            else None
-        )
-        fmt = f.text("format", guessed, choices=DATA_FORMATS)
-        if fmt is None:
-            raise ScenarioError(
-                f.at("file"),
-                "say format: csv or format: jsonl (from the name "
-                "only .csv, .jsonl and .ndjson are known)",
-            )
-        mode = f.text("mode", "sequential", choices=DATA_MODES)
-        wrap = f.flag("wrap", mode == "sequential")
-        shared = f.flag("shared_path", False)
-        f.done()
-        out[name] = DataSource(name, file, fmt, mode, wrap, shared)
-    return out
+# -- variables ----------------------------------------------------------------------------
 
 
 def parse_variables(value: Any, path: Path = ("variables",)) -> dict[str, Any]:
@@ -446,142 +296,13 @@ def parse_variables(value: Any, path: Path = ("variables",)) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, v in value.items():
         at = (*path, str(name))
-        if not isinstance(name, str) or not _NAME.match(name):
-            raise ScenarioError(at, f"'{name}' is not a variable name (letters, digits, _)")
+        check_name(name, at, "variable")
         if name in RESERVED:
             raise ScenarioError(at, f"'{name}' is a built-in name: choose another")
         if isinstance(v, dict | list) or v is None:
             raise ScenarioError(at, "a variable's value is text or a number")
         out[name] = v
     return out
-
-
-def parse_rows(data: bytes, fmt: str, where: Path = ()) -> list[Any]:
-    """Rows of a CSV file (header line; each row a mapping of text) or JSON lines."""
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise ScenarioError(where, f"not UTF-8 text: {error}") from None
-    rows: list[Any] = []
-    if fmt == "csv":
-        reader = csv.reader(io.StringIO(text, newline=""))
-        header: list[str] | None = None
-        for record in reader:
-            if not record or (len(record) == 1 and not record[0].strip()):
-                continue
-            if header is None:
-                header = [h.strip() for h in record]
-                if len(set(header)) != len(header) or not all(header):
-                    raise ScenarioError(where, "the CSV header needs distinct, non-empty names")
-                continue
-            if len(record) != len(header):
-                raise ScenarioError(
-                    where,
-                    f"CSV line {reader.line_num} has {len(record)} fields, "
-                    f"the header has {len(header)}",
-                )
-            rows.append(dict(zip(header, record, strict=True)))
-        return rows
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except ValueError as error:
-            raise ScenarioError(where, f"line {number} is not JSON: {error}") from None
-    return rows
-
-
-def user_blocks(phases: Sequence[Phase], source: str) -> dict[str, tuple[int, int]]:
-    """unique-per-user: phase name -> (first row, users) — user u of the phase owns row
-    first + u, so phases sharing a source never share a row."""
-    out: dict[str, tuple[int, int]] = {}
-    offset = 0
-    for p in phases:
-        if p.data == source and p.users is not None:
-            out[p.name] = (offset, p.users.peak)
-            offset += p.users.peak
-    return out
-
-
-def rows_needed(source: DataSource, phases: Sequence[Phase]) -> int:
-    """The rows a run needs before it starts: users of unique-per-user sources without wrap."""
-    if source.mode != "unique-per-user" or source.wrap:
-        return 1
-    return max(1, sum(n for _, n in user_blocks(phases, source.name).values()))
-
-
-def shard(
-    source: DataSource, rows: int, phases: Sequence[Phase], weights: Sequence[int], index: int
-) -> list[int]:
-    """Row indices agent `index` of `weights` holds: all of them for the shared modes;
-    for the unique modes a part no other agent holds. unique-per-user rows follow the
-    users (striped over agents as users are); the rest are striped in order."""
-    if not source.unique:
-        return list(range(rows))
-    stripe = Stripe.from_weights(weights)
-    out: list[int] = []
-    used = 0
-    if source.mode == "unique-per-user":
-        for offset, users in user_blocks(phases, source.name).values():
-            out.extend(offset + u for u in stripe.items(index, 0, users) if offset + u < rows)
-            used = offset + users
-    rest = range(used, rows)
-    out.extend(used + k for k in stripe.items(index, 0, len(rest)))
-    return out
-
-
-def data_key(name: str) -> str:
-    return f"data/{name}"
-
-
-def encode_rows(pairs: Iterable[tuple[int, Any]]) -> bytes:
-    """Shipped rows: one JSON `[index, row]` per line."""
-    return b"".join(
-        json.dumps([i, row], separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
-        for i, row in pairs
-    )
-
-
-def decode_rows(data: bytes) -> list[tuple[int, Any]]:
-    out: list[tuple[int, Any]] = []
-    for line in data.splitlines():
-        if line.strip():
-            index, row = json.loads(line)
-            out.append((int(index), row))
-    return out
-
-
-# -- Python flows -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class FlowRef:
-    text: str  # as written in the scenario
-    target: str  # a file path, or a dotted module name
-    function: str
-    is_file: bool
-
-
-def is_python_flow(flow: str) -> bool:
-    return flow not in FLOW_BUILTINS
-
-
-def parse_flow_ref(text: str, path: Path = ()) -> FlowRef:
-    target, colon, function = text.rpartition(":")
-    if not colon or not target or not _NAME.match(function):
-        raise ScenarioError(
-            path,
-            f"flow {text!r}: use mix, sequence, path/to/file.py:function or module:function",
-        )
-    is_file = target.endswith(".py") or "/" in target or "\\" in target
-    if not is_file and not all(_NAME.match(p) for p in target.split(".")):
-        raise ScenarioError(path, f"flow {text!r}: '{target}' is neither a .py file nor a module")
-    return FlowRef(text, target, function, is_file)
-
-
-def flow_key(ref: str) -> str:
-    return f"flow/{ref}"
 
 
 # -- cross-checks over the whole scenario --------------------------------------------------
@@ -661,7 +382,7 @@ def request_refs(spec: RequestSpec, at: Path) -> Iterable[tuple[Ref, Path]]:
         body = spec.body.decode("utf-8", "replace")
         if spec.json_body:
             templates = json_templates(json.loads(body), (*at, "body"))
-            for ref in _json_refs(templates):
+            for ref in json_refs(templates):
                 yield ref, (*at, "body")
         else:
             for ref in refs_of(parse_template(body, (*at, "body"))):

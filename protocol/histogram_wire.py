@@ -1,0 +1,356 @@
+# Wire form (to_wire / add_wire): sparse, for msgpack snapshots. Keys:
+#   n         number of non-empty slots
+#   iw, i     index width in bytes (2 = '<u2', 4 = '<u4') and the slot indices,
+#             delta encoded (first delta is the first index), little endian
+#   cw, c     count width in bytes (1, 2, 4 or 8) and the counts, little endian
+#   count     total count including overflow; overflow; min; max (exact values)
+# Decoding validates every field before touching the target histogram and raises
+# HistogramWireError (a ValueError) and nothing else on malformed input.
+"""The sparse wire form of a histogram: validating decoders (one or many at once)
+and the batched merge into the rows of a block."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Mapping, Sequence
+from itertools import accumulate, chain, compress, groupby
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from loadctl.protocol.hdr_layout import (
+    _MAX_INT,
+    COUNTS_LEN,
+    HIGHEST,
+    _exact_sum,
+    index_of,
+    indices_of,
+)
+
+if TYPE_CHECKING:
+    from loadctl.protocol.histogram import Histogram
+
+
+class HistogramWireError(ValueError):
+    """A wire or HdrHistogram encoding is malformed; the target is unchanged."""
+
+
+_WIRE_KEYS = frozenset(("n", "iw", "i", "cw", "c", "count", "overflow", "min", "max"))
+_INDEX_DTYPES: dict[int, np.dtype[Any]] = {2: np.dtype("<u2"), 4: np.dtype("<u4")}
+_COUNT_DTYPES: dict[int, np.dtype[Any]] = {
+    1: np.dtype("u1"),
+    2: np.dtype("<u2"),
+    4: np.dtype("<u4"),
+    8: np.dtype("<u8"),
+}
+
+
+def _fail(msg: str) -> HistogramWireError:
+    return HistogramWireError(f"malformed histogram wire form: {msg}")
+
+
+WireParts = tuple[npt.NDArray[np.int64], npt.NDArray[Any], int, int, int, int]
+
+
+def decode_wire(d: Mapping[str, Any]) -> WireParts:
+    """Validate a wire form; (indices, counts, count, overflow, min, max)."""
+    if type(d) is not dict:
+        if not isinstance(d, Mapping):
+            raise _fail(f"expected a mapping, got {type(d).__name__}")
+        try:
+            d = dict(d)
+        except Exception as e:  # a broken Mapping implementation
+            raise _fail(str(e)) from e
+    try:  # nine keys, all of them ours: exactly our keys
+        n, iw, cw, count, overflow, mn, mx = (
+            d["n"], d["iw"], d["cw"], d["count"], d["overflow"], d["min"], d["max"]
+        )  # fmt: skip
+        ib, cb = d["i"], d["c"]
+    except KeyError as e:
+        raise _fail(f"missing key {e}") from None
+    if len(d) != len(_WIRE_KEYS):
+        raise _fail(f"keys must be {sorted(_WIRE_KEYS)}")
+    if not (
+        type(n) is int
+        and type(count) is int
+        and type(overflow) is int
+        and type(mn) is int
+        and type(mx) is int
+        and 0 <= n <= COUNTS_LEN
+        and 0 <= overflow <= count <= _MAX_INT
+        and 0 <= mn <= mx <= _MAX_INT
+    ):
+        raise _fail("n, count, overflow, min, max must be ints with 0 <= overflow <= count "
+                    "and 0 <= min <= max")  # fmt: skip
+    idt = _INDEX_DTYPES.get(iw) if type(iw) is int else None
+    cdt = _COUNT_DTYPES.get(cw) if type(cw) is int else None
+    if idt is None or cdt is None:
+        raise _fail("index width must be 2 or 4 and count width 1, 2, 4 or 8")
+    if type(ib) is not bytes or type(cb) is not bytes or len(ib) != n * iw or len(cb) != n * cw:
+        raise _fail("'i' and 'c' must be bytes of n * iw and n * cw bytes")
+    if n == 0:
+        if count != overflow:
+            raise _fail("counts do not add up to count")
+        if count == 0:
+            if mx:
+                raise _fail("empty histogram with non-zero min or max")
+        elif mn <= HIGHEST:
+            raise _fail("only overflow recorded but min is in range")
+        return _NO_SLOTS, _NO_SLOTS, count, overflow, mn, mx
+    deltas = np.frombuffer(ib, dtype=idt)
+    first = int.from_bytes(ib[:iw], "little")
+    if np.count_nonzero(deltas) != n - (first == 0):
+        raise _fail("indices must be strictly increasing")
+    idx = np.add.accumulate(deltas.astype(np.int64))
+    last = int(idx[-1])
+    if last >= COUNTS_LEN:
+        raise _fail("index out of range")
+    cnt = np.frombuffer(cb, dtype=cdt)
+    if np.count_nonzero(cnt) != n:
+        raise _fail("zero count in sparse form")
+    total = _exact_sum(cnt) if cw == 8 else None
+    cnt = cnt.astype(np.uint64)
+    if total is None:
+        total = int(cnt.sum())  # < n * 2^32: no wrap-around
+    if total + overflow != count:
+        raise _fail("counts do not add up to count")
+    if mn > HIGHEST or index_of(mn) != first:
+        raise _fail("min is not in the first non-empty slot")
+    if overflow:
+        if mx <= HIGHEST:
+            raise _fail("overflow recorded but max is in range")
+    elif mx > HIGHEST or index_of(mx) != last:
+        raise _fail("max is not in the last non-empty slot")
+    return idx, cnt, count, overflow, mn, mx
+
+
+_NO_SLOTS: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
+
+
+# -- many wire forms at once ------------------------------------------------------------
+#
+# A snapshot carries dozens of histograms of a few hundred to a few thousand slots
+# each. Checked one by one, each costs some ten numpy calls, and call overhead, not
+# the slots, dominates. decode_wires runs the same checks as decode_wire over the
+# concatenation of their bytes (segment sums with reduceat, one prefix sum whose
+# segment starts are corrected so each histogram's indices restart), and add_batch
+# merges them into the rows of one block in one scatter.
+
+
+class WireBatch:
+    """Validated wire forms of several histograms, flattened (see `decode_wires`).
+
+    `lengths[k]` is histogram k's number of non-empty slots and `scalars[k]` its
+    (count, overflow, min, max). Their slots, histogram after histogram, are kept
+    as decoded: `deltas` (index deltas), `at` (where each non-empty histogram
+    starts in them), `lasts` (its last index) and `cnt` (the counts); the prefix
+    sum that turns deltas into indices is left to the merge, which folds the
+    target rows into it (`add_batch`), or done on demand (`idx`, `parts`)."""
+
+    __slots__ = ("_idx", "at", "cnt", "deltas", "lasts", "lengths", "scalars")
+
+    def __init__(
+        self,
+        deltas: npt.NDArray[Any],
+        at: npt.NDArray[np.intp],
+        lasts: npt.NDArray[np.int64],
+        cnt: npt.NDArray[np.uint64],
+        lengths: list[int],
+        scalars: list[tuple[int, int, int, int]],
+    ) -> None:
+        self.deltas = deltas
+        self.at = at
+        self.lasts = lasts
+        self.cnt = cnt
+        self.lengths = lengths
+        self.scalars = scalars
+        self._idx: npt.NDArray[np.int64] | None = None
+
+    def __len__(self) -> int:
+        return len(self.scalars)
+
+    @property
+    def idx(self) -> npt.NDArray[np.int64]:
+        """The slot indices of every histogram, one after the other."""
+        if self._idx is None:
+            self._idx = _prefix_sums(self, np.zeros(self.at.size, dtype=np.int64))
+        return self._idx
+
+    def parts(self, k: int) -> WireParts:
+        """Histogram k as `decode_wire` returns it."""
+        a = sum(self.lengths[:k])
+        b = a + self.lengths[k]
+        return (self.idx[a:b], self.cnt[a:b], *self.scalars[k])
+
+
+def _prefix_sums(batch: WireBatch, offsets: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Each non-empty histogram's indices plus its offset, in one prefix sum: the delta
+    that starts histogram k also undoes where histogram k - 1 ended."""
+    out = batch.deltas.astype(np.int64)
+    if out.size:
+        at = batch.at
+        out[at[0]] += offsets[0]
+        if at.size > 1:
+            out[at[1:]] += offsets[1:] - offsets[:-1] - batch.lasts[:-1]
+        np.cumsum(out, out=out)
+    return out
+
+
+def decode_wires(wires: Sequence[Any]) -> WireBatch:
+    """`decode_wire` for many wire forms at once: the same checks, vectorised across
+    them. HistogramWireError (naming the first bad one's problem) if any is malformed.
+
+    The fast path takes what `to_wire` writes (2-byte index deltas, counts of 1, 2 or
+    4 bytes); anything else, or anything it doubts, goes through `decode_wire` one by
+    one, so both accept and reject exactly the same inputs. Its checks run column by
+    column in builtins (a snapshot batch holds thousands of histograms)."""
+    if not wires:
+        return WireBatch(_NO_DELTAS, _NO_STARTS, _NO_SLOTS, _NO_COUNTS, [], [])
+    if set(map(type, wires)) != _DICT or set(map(len, wires)) != _NINE:
+        return _decode_each(wires)
+    try:
+        columns = tuple(zip(*map(_WIRE_GET, wires), strict=True))
+    except KeyError:  # nine keys, all of them ours: exactly our keys
+        return _decode_each(wires)
+    ns, iws, cws, counts, overflows, mins, maxs, ibs, cbs = columns
+    if not (
+        set(map(type, chain(ns, iws, cws, counts, overflows, mins, maxs))) == _INT
+        and set(map(type, chain(ibs, cbs))) == _BYTES
+        and set(iws) == _TWO
+        and set(cws) <= _CW_FAST
+        and min(ns) >= 0
+        and max(ns) <= COUNTS_LEN
+        and min(chain(overflows, mins)) >= 0
+        and max(chain(counts, maxs)) <= _MAX_INT
+        and all(map(operator.le, overflows, counts))
+        and all(map(operator.le, mins, maxs))
+        and list(map(len, ibs)) == list(map(operator.add, ns, ns))
+        and list(map(len, cbs)) == list(map(operator.mul, ns, cws))
+    ):
+        return _decode_each(wires)
+    lengths = list(ns)
+    scalars = list(zip(counts, overflows, mins, maxs, strict=True))
+    if 0 in ns:  # empty ones: only overflow, or nothing at all
+        for n, (count, overflow, mn, mx) in zip(ns, scalars, strict=True):
+            if n == 0 and (count != overflow or (mx if count == 0 else mn <= HIGHEST)):
+                return _decode_each(wires)
+        if not any(ns):
+            return WireBatch(_NO_DELTAS, _NO_STARTS, _NO_SLOTS, _NO_COUNTS, lengths, scalars)
+        full_ns = [n for n in ns if n]
+        mins, maxs, overflows, counts = (
+            tuple(compress(column, ns)) for column in (mins, maxs, overflows, counts)
+        )
+    else:
+        full_ns = lengths
+    if max(mins) > HIGHEST:  # min is in a slot (only empty ones hold overflow only)
+        return _decode_each(wires)
+    deltas = np.frombuffer(b"".join(ibs), dtype=_INDEX_DTYPES[2])
+    total = deltas.size
+    at = np.fromiter(accumulate(full_ns, initial=0), dtype=np.intp, count=len(full_ns) + 1)[:-1]
+    firsts = deltas[at]
+    # strictly increasing: every delta but a first one is non-zero (per histogram, the
+    # non-zero deltas are at most n - [first == 0], so equal sums mean equal terms)
+    if np.count_nonzero(deltas) != total - (at.size - np.count_nonzero(firsts)):
+        return _decode_each(wires)
+    # a histogram's deltas sum to its last index (< 2^32: n < 2^16 deltas below 2^16)
+    lasts = np.add.reduceat(deltas, at, dtype=np.uint32).astype(np.int64)
+    if int(lasts.max()) >= COUNTS_LEN:
+        return _decode_each(wires)
+    # min in the first slot; max in the last one, or above HIGHEST with overflow only
+    over = np.array(overflows, dtype=np.int64) > 0
+    top = np.array(maxs, dtype=np.int64)
+    if not (
+        np.array_equal(indices_of(np.array(mins, dtype=np.int64)), firsts)
+        and np.array_equal(top > HIGHEST, over)
+        and np.array_equal(indices_of(np.where(over, 0, top)), np.where(over, 0, lasts))
+    ):
+        return _decode_each(wires)
+    if len(set(cws)) == 1:
+        raw = [np.frombuffer(b"".join(cbs), dtype=_COUNT_DTYPES[cws[0]])]
+    else:  # runs of equal width, each read at once
+        runs = groupby(zip(cws, cbs, strict=True), key=_FIRST)
+        raw = [
+            np.frombuffer(b"".join(map(_SECOND, run)), dtype=_COUNT_DTYPES[w]) for w, run in runs
+        ]
+    if sum(map(np.count_nonzero, raw)) != total:  # on the narrow counts: cheaper
+        return _decode_each(wires)
+    cnt = raw[0].astype(np.uint64) if len(raw) == 1 else np.concatenate(raw, dtype=np.uint64)
+    sums = np.add.reduceat(cnt, at)  # < n * 2^32 each: no wrap-around
+    if sums.tolist() != list(map(operator.sub, counts, overflows)):
+        return _decode_each(wires)
+    return WireBatch(deltas, at, lasts, cnt, lengths, scalars)
+
+
+_WIRE_GET = operator.itemgetter("n", "iw", "cw", "count", "overflow", "min", "max", "i", "c")
+_FIRST, _SECOND = operator.itemgetter(0), operator.itemgetter(1)
+_DICT, _INT, _BYTES = frozenset((dict,)), frozenset((int,)), frozenset((bytes,))
+_NINE, _TWO, _CW_FAST = frozenset((9,)), frozenset((2,)), frozenset((1, 2, 4))
+
+
+def _decode_each(wires: Sequence[Any]) -> WireBatch:
+    """One by one through decode_wire: raises its precise error, or builds the batch."""
+    parts = [decode_wire(d) for d in wires]
+    full = [p for p in parts if p[0].size]
+    if not full:
+        return WireBatch(
+            _NO_DELTAS,
+            _NO_STARTS,
+            _NO_SLOTS,
+            _NO_COUNTS,
+            [0] * len(parts),
+            [(p[2], p[3], p[4], p[5]) for p in parts],
+        )
+    sizes = np.array([p[0].size for p in full], dtype=np.intp)
+    return WireBatch(
+        # indices < COUNTS_LEN < 2^16: each histogram's deltas fit 16 bits
+        np.concatenate([np.diff(p[0], prepend=0) for p in full]).astype(np.uint16),
+        np.cumsum(sizes) - sizes,
+        np.array([int(p[0][-1]) for p in full], dtype=np.int64),
+        np.concatenate([p[1] for p in full], dtype=np.uint64),
+        [int(p[0].size) for p in parts],
+        [(p[2], p[3], p[4], p[5]) for p in parts],
+    )
+
+
+def check_batch(histograms: Sequence[Histogram], batch: WireBatch) -> None:
+    """HistogramWireError if merging `batch` into `histograms` would take a total count
+    beyond 2^63 - 1 (checked for all of them before anything is merged)."""
+    incoming = sum(s[0] for s in batch.scalars)
+    if incoming + max((h._count for h in histograms), default=0) <= _MAX_INT:
+        return  # the usual case, in one comparison
+    totals: dict[int, int] = {}
+    for h, s in zip(histograms, batch.scalars, strict=True):
+        totals[id(h)] = totals.get(id(h), h._count) + s[0]
+        if totals[id(h)] > _MAX_INT:
+            raise HistogramWireError("merged count would exceed 2^63 - 1")
+
+
+def add_batch(
+    block: npt.NDArray[np.uint64],
+    rows: Sequence[int],
+    histograms: Sequence[Histogram],
+    batch: WireBatch,
+) -> None:
+    """Merge histogram k of `batch` into `histograms[k]`, whose counts are row `rows[k]`
+    of `block` (C-contiguous, COUNTS_LEN columns; see Histogram.over), in one scatter.
+    Several may share a row. All or nothing: the count limit is checked first."""
+    if len(rows) != len(batch) or len(histograms) != len(batch):
+        raise ValueError("one row and one histogram per histogram of the batch")
+    if not block.flags.c_contiguous or block.ndim != 2 or block.shape[1] != COUNTS_LEN:
+        raise ValueError("block must be a C-contiguous array of COUNTS_LEN columns")
+    check_batch(histograms, batch)
+    if batch.cnt.size:
+        offsets = np.array(rows, dtype=np.int64)
+        if batch.at.size != offsets.size:  # some are empty: only the others have slots
+            offsets = offsets[np.array(batch.lengths) > 0]
+        offsets *= COUNTS_LEN
+        np.add.at(block.reshape(-1), _prefix_sums(batch, offsets), batch.cnt)
+    for h, (count, overflow, mn, mx) in zip(histograms, batch.scalars, strict=True):
+        if count:
+            h._add_scalars(count, overflow, mn, mx)
+
+
+_NO_COUNTS: npt.NDArray[np.uint64] = np.zeros(0, dtype=np.uint64)
+_NO_DELTAS: npt.NDArray[np.uint16] = np.zeros(0, dtype=np.uint16)
+_NO_STARTS: npt.NDArray[np.intp] = np.zeros(0, dtype=np.intp)
