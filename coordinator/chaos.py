@@ -35,7 +35,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from loadctl.chaos.client import ToxiproxyClient, ToxiproxyError
 from loadctl.protocol.chaos import FaultWindow
@@ -110,6 +110,26 @@ class ChaosTimeline:
                     known = ", ".join(sorted(proxies)) or "none"
                     problems.append(f"chaos API {api} has no proxy '{name}' (it has: {known})")
         return problems
+
+    def result_records(self, start_at: float) -> list[dict[str, Any]]:
+        """Each fault window as the run's result records it (times in run seconds)."""
+
+        def run_seconds(t: float | None) -> float | None:
+            return None if t is None else t - start_at
+
+        return [
+            {
+                "label": r.window.label,
+                "proxy": r.window.proxy,
+                "at": r.window.at,
+                "duration": r.window.duration,
+                "toxic": "down" if r.window.toxic is None else r.window.toxic.type,
+                "applied_at": run_seconds(r.applied_at),
+                "removed_at": run_seconds(r.removed_at),
+                "error": r.error,
+            }
+            for r in self.records
+        ]
 
     async def __aenter__(self) -> ChaosTimeline:
         self.start()
@@ -234,3 +254,17 @@ class ChaosTimeline:
         left = [r.window.label for r in self._maybe_applied]
         if left:
             log.error("chaos: could not remove %s: remove them by hand", ", ".join(left))
+
+
+async def preflight(windows: Sequence[FaultWindow]) -> str | None:
+    """Before a run: one line naming every fault proxy that does not answer (and how
+    to start one), or None when there is no chaos or all is well."""
+    if not windows:
+        return None
+    problems = await ChaosTimeline(windows, 0.0).preflight()
+    if not problems:
+        return None
+    return (
+        "; ".join(problems) + ": start it with `loadctl chaos proxy --listen ... "
+        "--upstream ...` or fix the scenario's chaos section"
+    )

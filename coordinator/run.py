@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import zmq.asyncio
 
-from loadctl.coordinator.chaos import ChaosTimeline, FaultRecord
+from loadctl.coordinator.chaos import ChaosTimeline, FaultRecord, preflight
 from loadctl.coordinator.registry import AgentRecord, Registry
 from loadctl.coordinator.server import Server
 from loadctl.coordinator.timeline import Timeline
@@ -282,14 +282,9 @@ class Coordinator:
     # -- chaos ----------------------------------------------------------------------------
     async def _check_chaos(self) -> None:
         """Before any agent is waited for: every fault proxy named must answer."""
-        if not self.scenario.chaos:
-            return
-        problems = await ChaosTimeline(self.scenario.chaos, 0.0).preflight()
-        if problems:
-            raise CoordinatorFailure(
-                "; ".join(problems) + ": start it with `loadctl chaos proxy --listen ... "
-                "--upstream ...` or fix the scenario's chaos section"
-            )
+        problem = await preflight(self.scenario.chaos)
+        if problem:
+            raise CoordinatorFailure(problem)
 
     def _chaos_event(self, kind: str, record: FaultRecord) -> None:
         detail = record.window.label + (f": {record.error}" if record.error else "")
@@ -297,25 +292,7 @@ class Coordinator:
 
     def fault_records(self) -> list[dict[str, Any]]:
         """Each fault window as the result records it (times in run seconds)."""
-        if self.chaos is None:
-            return []
-
-        def run_seconds(t: float | None) -> float | None:
-            return None if t is None else t - self.start_at
-
-        return [
-            {
-                "label": r.window.label,
-                "proxy": r.window.proxy,
-                "at": r.window.at,
-                "duration": r.window.duration,
-                "toxic": "down" if r.window.toxic is None else r.window.toxic.type,
-                "applied_at": run_seconds(r.applied_at),
-                "removed_at": run_seconds(r.removed_at),
-                "error": r.error,
-            }
-            for r in self.chaos.records
-        ]
+        return [] if self.chaos is None else self.chaos.result_records(self.start_at)
 
     # -- clock-driven duties --------------------------------------------------------------
     async def _tick(self) -> None:
