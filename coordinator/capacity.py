@@ -46,6 +46,10 @@ with it, so result.json's per-phase targets are what the agents were asked
 to send. (`Coordinator.update_plan` alone would leave the new phase cut to
 zero length and the old one's rate curve uncut; the agents, which read the
 plan update themselves, are not affected.)
+
+Beside this module: `capacity_steps` (the settings, the `Step` record, and
+the phases a step runs as) and `capacity_record` (what the search leaves in
+result.json).
 """
 
 from __future__ import annotations
@@ -53,142 +57,37 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
 from typing import Any
 
-from loadctl.coordinator.degradation import from_windows, judge, knee, plan_levels, suspect
+from loadctl.coordinator.capacity_record import capacity_record, degradation_record
+from loadctl.coordinator.capacity_steps import (
+    SearchSettings,
+    Step,
+    capacity_scenario,
+    nice,
+    step_phase,
+    truncate,
+)
+from loadctl.coordinator.degradation import judge, plan_levels, suspect
 from loadctl.coordinator.reports.capacity import step_line
 from loadctl.coordinator.run import Coordinator
 from loadctl.coordinator.stats import Totals
-from loadctl.protocol.scenario import Phase, Scenario, parse_phases
-from loadctl.protocol.schedule import RateCurve, RateStage
-from loadctl.protocol.thresholds import LATENCY_METRICS, Threshold
+from loadctl.protocol.scenario import Phase, parse_phases
+
+__all__ = [
+    "SEARCH_KINDS",
+    "CapacitySearch",
+    "Progress",
+    "SearchSettings",
+    "Step",
+    "capacity_scenario",
+    "step_phase",
+]
 
 log = logging.getLogger("loadctl.coordinator")
 
 _MS = 1e6
-_LAG_CAP_MS = 10.0
 SEARCH_KINDS = ("probe", "bisect", "confirm")
-
-
-@dataclass(frozen=True)
-class SearchSettings:
-    slos: tuple[Threshold, ...]
-    start_rate: float = 50.0
-    max_rate: float = 100_000.0
-    step_factor: float = 1.5
-    precision: float = 0.05  # relative gap between last good and first bad rate
-    settle: float = 5.0  # seconds held before measuring
-    window: float = 10.0  # seconds measured
-    max_send_lag_ms: float | None = None  # None: min(10 ms, 10 % of the tightest latency bound)
-    max_cpu_percent: float = 90.0
-    degradation: bool = True
-    degradation_rates: tuple[float, ...] | None = None  # None: 20/50/100 % of the capacity
-    expected_peak: float | None = None
-    max_duration: float = 1800.0  # the whole search, seconds
-    max_cooldown: float = 15.0
-    min_rate: float = 1.0
-
-    @property
-    def latency_bound_ms(self) -> float | None:
-        bounds = [t.value for t in self.slos if t.metric in LATENCY_METRICS and t.op in ("<", "<=")]
-        return min(bounds) if bounds else None
-
-    @property
-    def lag_limit_ms(self) -> float:
-        if self.max_send_lag_ms is not None:
-            return self.max_send_lag_ms
-        bound = self.latency_bound_ms
-        return min(_LAG_CAP_MS, 0.1 * bound) if bound is not None else _LAG_CAP_MS
-
-
-def step_phase(
-    name: str, rate: float, start: float, until: float, template: dict[str, Any]
-) -> dict[str, Any]:
-    return {
-        "name": name,
-        "executor": "constant-rate",
-        "rate": rate,
-        "start": start,
-        "duration": max(until - start, 0.001),
-        **template,
-    }
-
-
-def capacity_scenario(
-    scenario: Scenario, settings: SearchSettings, template: dict[str, Any]
-) -> Scenario:
-    """The scenario the search runs: its requests and defaults, the first step as its
-    only phase (leased to the end of the time budget: later steps cut it), and no
-    thresholds or chaos (the search judges its SLOs step by step)."""
-    source = dict(scenario.source)
-    first = step_phase("step-01", settings.start_rate, 0.0, settings.max_duration, template)
-    source["phases"] = [first]
-    for key in ("thresholds", "chaos"):
-        source.pop(key, None)
-    return Scenario.from_dict(source, scale=1.0)
-
-
-def _truncate(phase: Phase, duration: float) -> Phase:
-    """The phase as it ran when cut after `duration` seconds (its rate curve too)."""
-    if phase.rate is None:
-        return replace(phase, duration=duration)
-    stages, left = [], duration
-    for s in phase.rate.stages:
-        if left <= 0:
-            break
-        take = min(s.duration, left)
-        end = s.start_rate + (s.end_rate - s.start_rate) * take / s.duration
-        stages.append(RateStage(take, s.start_rate, end))
-        left -= take
-    return replace(phase, duration=duration, rate=RateCurve(stages))
-
-
-def _nice(rate: float) -> float:
-    return float(round(rate)) if rate >= 100 else round(rate, 1) if rate >= 10 else round(rate, 2)
-
-
-@dataclass
-class Step:
-    number: int
-    kind: str  # probe | bisect | confirm | degradation | cooldown
-    rate: float
-    phase: str
-    start: int  # first interval
-    window_start: int
-    window: int
-    attempts: int = 1
-    waited: int = 0
-    end: int | None = None  # the boundary where the next step took over
-    figures: dict[str, Any] = field(default_factory=dict)
-    verdict: str = ""  # ok | slo | generator | calm | still disturbed
-    slos: list[dict[str, Any]] = field(default_factory=list)
-    reasons: list[str] = field(default_factory=list)
-
-    @property
-    def window_end(self) -> int:
-        return self.window_start + self.window
-
-    @property
-    def failed(self) -> list[str]:
-        return [s["slo"] for s in self.slos if not s["ok"]]
-
-    def as_dict(self, interval: float) -> dict[str, Any]:
-        return {
-            "step": self.number,
-            "kind": self.kind,
-            "rate": self.rate,
-            "phase": self.phase,
-            "t_start": self.start * interval,
-            "t_end": self.end * interval if self.end is not None else None,
-            "window": [self.window_start * interval, self.window_end * interval],
-            "attempts": self.attempts,
-            "verdict": self.verdict,
-            "failed_slos": self.failed,
-            "slos": self.slos,
-            "generator_reasons": self.reasons,
-            **self.figures,
-        }
 
 
 Progress = Callable[[str], None]
@@ -224,8 +123,8 @@ class CapacitySearch:
         self._phases: list[Phase] = []
         self._started = False
         self.ended_at: int | None = None
-        self._settle = 0
-        self._window = 1
+        self.settle_intervals = 0  # the settings' settle and window, in whole intervals
+        self.window_intervals = 1
         self.steps.append(Step(1, "probe", settings.start_rate, "step-01", 0, 0, 1))
 
     # -- the controller -----------------------------------------------------------------
@@ -244,10 +143,10 @@ class CapacitySearch:
     def _start(self, run: Coordinator) -> None:
         self._started = True
         self.interval = run.interval
-        self._settle = math.ceil(self.settings.settle / self.interval - 1e-9)
-        self._window = max(1, math.ceil(self.settings.window / self.interval - 1e-9))
+        self.settle_intervals = math.ceil(self.settings.settle / self.interval - 1e-9)
+        self.window_intervals = max(1, math.ceil(self.settings.window / self.interval - 1e-9))
         first = self.steps[0]
-        first.window_start, first.window = self._settle, self._window
+        first.window_start, first.window = self.settle_intervals, self.window_intervals
         self._phases = list(run.phases)
 
     async def _advance(self, run: Coordinator, index: int) -> None:
@@ -375,9 +274,7 @@ class CapacitySearch:
                     self.status = "max-reached"
                     await self._found(run)
                 else:
-                    await self._next(
-                        run, "probe", _nice(min(step.rate * s.step_factor, s.max_rate))
-                    )
+                    await self._next(run, "probe", nice(min(step.rate * s.step_factor, s.max_rate)))
                 return
             if self.lo is None:
                 self.mode = "down"
@@ -390,7 +287,7 @@ class CapacitySearch:
                 self.mode = "bisect"
                 await self._bisect_or_confirm(run)
                 return
-            lower = _nice(step.rate / s.step_factor)
+            lower = nice(step.rate / s.step_factor)
             if lower < s.min_rate or len(self.steps) > 60:
                 self.status = "below-start"
                 await self._finish(run)
@@ -406,7 +303,7 @@ class CapacitySearch:
             self.mode = "confirm"
             await self._next(run, "confirm", self.lo)
             return
-        mid = _nice((self.lo + self.hi) / 2)
+        mid = nice((self.lo + self.hi) / 2)
         if mid <= self.lo or mid >= self.hi:
             self.mode = "confirm"
             await self._next(run, "confirm", self.lo)
@@ -453,14 +350,14 @@ class CapacitySearch:
             await self._finish(run)
             return
         self._level = self.queue.pop(0)
-        await self._next(run, "degradation", _nice(self.levels[self._level]["rate"]))
+        await self._next(run, "degradation", nice(self.levels[self._level]["rate"]))
 
     # -- the plan -----------------------------------------------------------------------
     async def _next(self, run: Coordinator, kind: str, rate: float) -> None:
         if self.steps[-1].verdict == "slo":
             self.pending = (kind, rate)
             base = self.lo if self.lo is not None else self.settings.start_rate
-            await self._begin(run, "cooldown", _nice(max(self.settings.min_rate, 0.25 * base)))
+            await self._begin(run, "cooldown", nice(max(self.settings.min_rate, 0.25 * base)))
             return
         await self._begin(run, kind, rate)
 
@@ -472,7 +369,7 @@ class CapacitySearch:
 
     async def _begin(self, run: Coordinator, kind: str, rate: float) -> None:
         at = self._boundary(run)
-        needs = 2 if kind == "cooldown" else self._settle + self._window + 1
+        needs = 2 if kind == "cooldown" else self.settle_intervals + self.window_intervals + 1
         if (at + needs) * self.interval > self.settings.max_duration:
             if self.status == "running":
                 self.status = "budget"
@@ -488,12 +385,12 @@ class CapacitySearch:
         parsed = parse_phases([raw], ("phases",), names, run.scenario.scale)[0]
         self._cut(run, start, parsed)
         self.steps[-1].end = at
-        settle = 0 if kind == "cooldown" else self._settle
-        self.steps.append(Step(number, kind, rate, name, at, at + settle, self._window))
+        settle = 0 if kind == "cooldown" else self.settle_intervals
+        self.steps.append(Step(number, kind, rate, name, at, at + settle, self.window_intervals))
 
     def _cut(self, run: Coordinator, at: float, new: Phase | None) -> None:
         phases = [
-            _truncate(p, max(0.0, at - p.start)) if p.end > at + 1e-9 else p for p in self._phases
+            truncate(p, max(0.0, at - p.start)) if p.end > at + 1e-9 else p for p in self._phases
         ]
         if new is not None:
             phases.append(new)
@@ -520,86 +417,7 @@ class CapacitySearch:
     # -- output -------------------------------------------------------------------------
     def report(self, run: Coordinator) -> dict[str, Any]:
         """result.json's "capacity" record (and the run's "degradation" table)."""
-        s = self.settings
-        status = self.status
-        if status in ("running", "done") and run.status == "interrupted":
-            status = "interrupted"
-        elif status in ("running", "done"):
-            status = "incomplete"
-        steps = [x.as_dict(self.interval) for x in self.steps if x.verdict]
-        bounded = self.hi_step.failed if self.hi_step is not None else []
-        bounded_values = [v for v in self.hi_step.slos if not v["ok"]] if self.hi_step else []
-        lower = self.capacity if self.capacity is not None else self.lo
-        exact = status in ("found", "unconfirmed") and self.capacity is not None
-        message = self._message(status, bounded_values)
-        out: dict[str, Any] = {
-            "status": status,
-            "message": message,
-            "max_sustainable_rps": self.capacity if exact else None,
-            "at_least_rps": lower,
-            "confirmed": self.confirmed,
-            "bounded_by": bounded,
-            "bounded_by_observed": bounded_values,
-            "first_failing_rps": self.hi,
-            "knee": knee(steps),
-            "generator_limit": self.generator,
-            "slos": [t.label for t in s.slos],
-            "settings": {
-                "start_rps": s.start_rate,
-                "max_rps": s.max_rate,
-                "step_factor": s.step_factor,
-                "precision": s.precision,
-                "settle_s": self._settle * self.interval,
-                "window_s": self._window * self.interval,
-                "max_send_lag_ms": s.lag_limit_ms,
-                "max_cpu_percent": s.max_cpu_percent,
-                "agents": len(run.registry.planned()),
-            },
-            "expected_peak_rps": s.expected_peak,
-            "headroom": None,
-            "headroom_ok": None,
-            "steps": steps,
-        }
-        if s.expected_peak and status == "below-start":
-            out["headroom_ok"] = False  # not even the lowest rate tried held the SLOs
-        elif s.expected_peak and lower is not None:
-            headroom = lower / s.expected_peak
-            out["headroom"] = headroom
-            out["headroom_is_lower_bound"] = not exact
-            # a lower bound proves enough headroom, never too little
-            out["headroom_ok"] = headroom >= 1 if exact or headroom >= 1 else None
-        return out
+        return capacity_record(self, run)
 
     def degradation(self) -> dict[str, Any] | None:
-        if not self.levels:
-            return None
-        windows = [x.figures if x is not None and x.figures else None for x in self.level_steps]
-        sources = [f"step {x.number}" if x is not None else "not run" for x in self.level_steps]
-        basis = "given rates" if self.settings.degradation_rates else "capacity"
-        return from_windows(self.levels, windows, basis, self.capacity, sources)
-
-    def _message(self, status: str, bounded: list[dict[str, Any]]) -> str:
-        why = ", ".join(f"{v['slo']} (observed {v['observed_text']})" for v in bounded)
-        hi = f" at {self.hi:g} RPS" if self.hi is not None else ""
-        if status in ("found", "unconfirmed") and self.capacity is not None:
-            note = "" if self.confirmed else " (not confirmed: the repeat step broke an SLO too)"
-            return (
-                f"maximum sustainable rate {self.capacity:g} RPS{note}, bounded by {why or '-'}"
-                f"{' which broke' + hi if why else ''}"
-            )
-        if status == "generator-limit" and self.generator is not None:
-            held = f"; the target held every SLO up to at least {self.lo:g} RPS" if self.lo else ""
-            return f"{self.generator['message']} ({'; '.join(self.generator['reasons'])}){held}"
-        if status == "max-reached":
-            top = self.settings.max_rate
-            return f"no SLO broke up to --max {top:g} RPS: capacity is at least that"
-        if status == "below-start":
-            return self.message or (
-                f"the SLOs broke even at {self.hi:g} RPS, the lowest rate tried: {why}"
-            )
-        if status == "budget":
-            low = f"capacity is at least {self.lo:g} RPS" if self.lo else "no rate held the SLOs"
-            return f"the search ran out of its time budget: {low}"
-        if status == "interrupted":
-            return "interrupted before the search finished"
-        return self.message or "the search did not finish"
+        return degradation_record(self)

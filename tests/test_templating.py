@@ -16,18 +16,12 @@ from loadctl.agent.http import Endpoint, HttpRequest, Reply
 from loadctl.agent.journey import ReplyView, Step, UserState, render, render_json
 from loadctl.agent.requests import prepare, steps
 from loadctl.coordinator.feeders import load_payload
+from loadctl.protocol.feeders import DataSource, parse_rows, shard
 from loadctl.protocol.fields import ScenarioError
-from loadctl.protocol.journey import (
-    DataSource,
-    Ref,
-    json_lookup,
-    parse_json_path,
-    parse_rows,
-    parse_template,
-    shard,
-)
+from loadctl.protocol.json_path import json_lookup, parse_json_path
 from loadctl.protocol.messages import Share
 from loadctl.protocol.scenario import Scenario
+from loadctl.protocol.templates import Ref, parse_template
 from loadctl.scenario_file import ScenarioFileError, load_scenario
 
 TARGET = "http://127.0.0.1:9"

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape as rich_escape
 from rich.table import Table
 
-from loadctl.coordinator.reports.svg import Line, chart
+from loadctl.coordinator.reports.svg import Line, chart, wants_log_y
 from loadctl.protocol.fields import ScenarioError
 from loadctl.protocol.thresholds import LATENCY_METRICS, parse_expression
 
@@ -230,8 +230,7 @@ def capacity_charts(cap: dict[str, Any]) -> list[str]:
         Line(k, [(s["rate"], s.get(f"{k}_ms")) for s in steps if s.get(f"{k}_ms") is not None])
         for k in ("p50", "p95", "p99")
     ]
-    values = [v for line in lat for _, v in line.points if v]
-    log_y = bool(values) and max(values) / max(min(values), 1e-6) > 50
+    log_y = wants_log_y(lat)
     errors = [
         Line(
             "error rate %",

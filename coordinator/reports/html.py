@@ -15,26 +15,22 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from loadctl.coordinator.reports import tables
 from loadctl.coordinator.reports.capacity import capacity_html
 from loadctl.coordinator.reports.data import (
     IntervalRow,
-    errors_text,
     interval_rows,
     ms,
     pct,
-    phase_status,
-    phase_target,
     planned_agents,
-    settings,
     thresholds_verdict,
     when,
 )
-from loadctl.coordinator.reports.svg import Axis, Band, Line, chart
+from loadctl.coordinator.reports.svg import Axis, Band, Line, chart, wants_log_y
 from loadctl.coordinator.result import CPU_WARN_PERCENT, latency_histogram
 from loadctl.coordinator.stats import ERROR_OUTCOMES
 from loadctl.protocol.histogram import HistogramWireError
 
-_LAT = ("p50", "p90", "p95", "p99", "p99.9", "max")
 _MAX_SPECTRUM_LINES = 6
 
 _CSS = """
@@ -96,18 +92,26 @@ _JS = """
 """
 
 
-def _table(
-    header: list[str], rows: list[list[Any]], total: list[Any] | None = None, left: int = 1
-) -> str:
+def _table(table: tables.Table, left: int = 1, status: int | None = None) -> str:
+    """The table as sortable HTML: the first `left` columns align left, column `status`
+    (if any) is coloured by its mark, and the total row stays last when sorted."""
+
     def cells(row: list[Any], tag: str) -> str:
         return "".join(
             f"<{tag}{' class=l' if i < left else ''}>{_html(c)}</{tag}>" for i, c in enumerate(row)
         )
 
-    out = [f'<table class="sortable"><thead><tr>{cells(header, "th")}</tr></thead><tbody>']
-    out += [f"<tr>{cells(r, 'td')}</tr>" for r in rows]
-    if total is not None:
-        out.append(f'<tr class="total">{cells(total, "td")}</tr>')
+    def marked(row: list[Any]) -> list[Any]:
+        if status is None:
+            return row
+        copy = list(row)
+        copy[status] = _status_cell(str(copy[status]))
+        return copy
+
+    out = [f'<table class="sortable"><thead><tr>{cells(table.header, "th")}</tr></thead><tbody>']
+    out += [f"<tr>{cells(marked(r), 'td')}</tr>" for r in table.rows]
+    if table.total is not None:
+        out.append(f'<tr class="total">{cells(table.total, "td")}</tr>')
     out.append("</tbody></table>")
     return "".join(out)
 
@@ -120,11 +124,8 @@ def _html(value: Any) -> str:
     return value if isinstance(value, Markup) else escape(str(value))
 
 
-def _mark(ok: bool) -> Markup:
-    return Markup('<span class="ok">✓</span>' if ok else '<span class="bad">✗</span>')
-
-
 def _status_cell(status: str) -> Markup:
+    """A status coloured by its mark: ✓ ok, ✗ bad, anything else a warning."""
     cls = "ok" if status.startswith("✓") else "bad" if status.startswith("✗") else "warn"
     return Markup(f'<span class="{cls}">{escape(status)}</span>')
 
@@ -171,8 +172,7 @@ def charts(result: dict[str, Any], rows: list[IntervalRow]) -> list[str]:
     lat_lines = [
         Line(k, [(r.t, _lat(r, k)) for r in rows], step=True) for k in ("p50", "p95", "p99", "max")
     ]
-    values = [v for line in lat_lines for _, v in line.points if v]
-    log_y = bool(values) and max(values) / max(min(values), 1e-6) > 50
+    log_y = wants_log_y(lat_lines)
     out.append(
         chart(
             "latency",
@@ -275,8 +275,7 @@ def spectrum(result: dict[str, Any]) -> str:
     top = max((x for line in lines for x, _ in line.points), default=3.0)
     labels = ["0%", "90%", "99%", "99.9%", "99.99%", "99.999%", "99.9999%"]
     ticks = [(float(i), labels[i]) for i in range(min(len(labels), math.floor(top) + 1))]
-    values = [v for line in lines for _, v in line.points if v]
-    log_y = bool(values) and max(values) / max(min(values), 1e-6) > 50
+    log_y = wants_log_y(lines)
     return chart(
         "spectrum",
         "Latency by percentile, whole run",
@@ -313,19 +312,6 @@ def _cards(result: dict[str, Any]) -> str:
     )
 
 
-def _request_row(label: str, t: dict[str, Any]) -> list[Any]:
-    lat = t.get("latency_ms", {})
-    return [
-        label,
-        t.get("requests", 0),
-        f"{t.get('rps', 0):.1f}",
-        errors_text(t.get("outcomes", {})),
-        pct(t.get("error_rate")),
-        t.get("dropped", 0),
-        *(ms(lat.get(k)) for k in _LAT),
-    ]
-
-
 def render_html(result: dict[str, Any]) -> str:
     rows = interval_rows(result)
     scenario = result.get("scenario", {})
@@ -349,106 +335,16 @@ def render_html(result: dict[str, Any]) -> str:
     body += [f'<div class="warning">⚠ {escape(w)}</div>' for w in result.get("warnings", [])]
     if thresholds:
         body.append('<h2 id="thresholds">Thresholds</h2>')
-        trows = []
-        for t in thresholds:
-            note = "aborted the run" if t.get("aborted") else ""
-            if not note and t.get("first_failed_at") is not None:
-                note = f"first failed live at {t['first_failed_at']:g} s"
-            trows.append([_mark(t["ok"]), t["threshold"], t["on"], t["observed_text"], note])
-        body.append(_table(["", "threshold", "on", "observed", "note"], trows, left=5))
+        body.append(_table(tables.threshold_table(result), left=5, status=0))
     body.append(capacity_html(result))  # the capacity search's section, if it was one
     body.append('<h2 id="charts">Over time</h2>')
     body += charts(result, rows)
     body.append('<h2 id="phases">Phases</h2>')
-    prows = []
-    for p in result.get("phases", []):
-        t = p.get("totals", {})
-        lat = t.get("latency_ms", {})
-        prows.append(
-            [
-                p["name"],
-                p.get("executor", ""),
-                f"{p.get('start', 0):g}–{p.get('end', 0):g}",
-                phase_target(p),
-                f"{t.get('rps', 0):.1f}",
-                t.get("requests", 0),
-                pct(t.get("error_rate")),
-                t.get("dropped", 0),
-                *(ms(lat.get(k)) for k in ("p50", "p95", "p99", "max")),
-                _status_cell(phase_status(result, p)),
-            ]
-        )
-    body.append(
-        _table(
-            [
-                "phase",
-                "executor",
-                "time s",
-                "target",
-                "measured rps",
-                "requests",
-                "error rate",
-                "dropped",
-                "p50 ms",
-                "p95 ms",
-                "p99 ms",
-                "max ms",
-                "status",
-            ],
-            prows,
-            left=2,
-        )
-    )
+    body.append(_table(tables.phase_table(result), left=2, status=-1))
     body.append('<h2 id="requests">Requests</h2>')
-    body.append(
-        _table(
-            [
-                "request",
-                "requests",
-                "rps",
-                "errors",
-                "error rate",
-                "dropped",
-                *(f"{k} ms" for k in _LAT),
-            ],
-            [_request_row(n, t) for n, t in result.get("requests", {}).items()],
-            total=_request_row("total", result.get("totals", {})),
-        )
-    )
+    body.append(_table(tables.request_table(result)))
     body.append('<h2 id="agents">Agents</h2>')
-    arows = []
-    for a in planned_agents(result):
-        mean = a.get("cpu_mean_percent")
-        arows.append(
-            [
-                a["id"],
-                a.get("host", ""),
-                a.get("cores", ""),
-                a.get("snapshots", 0),
-                "-" if mean is None else f"{mean:.0f}%",
-                f"{a.get('max_cpu_percent', 0):.0f}%",
-                f"{a.get('max_rss_bytes', 0) / 1e6:.0f} MB",
-                a.get("cpu_hot_intervals", 0),
-                "lost" if a.get("lost_at") else "ok" if a.get("complete") else "incomplete",
-            ]
-        )
-    body.append(
-        _table(
-            [
-                "agent",
-                "host",
-                "cores",
-                "snapshots",
-                "CPU mean",
-                "CPU max",
-                "RSS max",
-                "intervals > 90% CPU",
-                "state",
-            ],
-            arows,
-            left=2,
-        )
-    )
+    body.append(_table(tables.agent_table(result), left=2))
     events = [e for e in result.get("events", []) if e.get("kind") != "plan-update"]
     notes = list(result.get("engine_notes", [])) + list(result.get("agent_errors", []))
     if events or notes:
@@ -462,7 +358,7 @@ def render_html(result: dict[str, Any]) -> str:
         body += [f"<li>{escape(n)}</li>" for n in notes]
         body.append("</ul>")
     body.append('<h2 id="settings">Run settings</h2>')
-    body.append(_table(["setting", "value"], [[k, v] for k, v in settings(result)], left=2))
+    body.append(_table(tables.settings_table(result), left=2))
     source = scenario.get("source")
     if source:
         body.append(

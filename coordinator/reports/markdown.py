@@ -5,44 +5,28 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from loadctl.coordinator.reports import tables
 from loadctl.coordinator.reports.capacity import capacity_markdown
-from loadctl.coordinator.reports.data import (
-    errors_text,
-    ms,
-    pct,
-    phase_status,
-    phase_target,
-    planned_agents,
-    settings,
-    thresholds_verdict,
-    when,
-)
+from loadctl.coordinator.reports.data import ms, pct, planned_agents, thresholds_verdict, when
 
-_LAT = ("p50", "p90", "p95", "p99", "p99.9", "max")
+# report.md is pasted into tickets: narrower headers where the full one is long.
+_SHORT_HEADERS = {tables.HOT_INTERVALS: "hot intervals"}
 
 
 def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _table(header: list[str], rows: list[list[Any]], right_from: int = 1) -> list[str]:
+def _table(table: tables.Table, right_from: int = 1) -> list[str]:
+    """The table in Markdown: columns from `right_from` on align right; the total row bold."""
+    header = [_SHORT_HEADERS.get(h, h) for h in table.header]
+    rows = list(table.rows)
+    if table.total is not None:
+        rows.append([f"**{table.total[0]}**", *table.total[1:]])
     align = ["---" if i < right_from else "---:" for i in range(len(header))]
     lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "|".join(align) + "|"]
     lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
     return lines
-
-
-def _request_row(label: str, t: dict[str, Any]) -> list[Any]:
-    lat = t.get("latency_ms", {})
-    return [
-        label,
-        t.get("requests", 0),
-        f"{t.get('rps', 0):.1f}",
-        errors_text(t.get("outcomes", {})),
-        pct(t.get("error_rate")),
-        t.get("dropped", 0),
-        *(ms(lat.get(k)) for k in _LAT),
-    ]
 
 
 def render_markdown(result: dict[str, Any]) -> str:
@@ -68,106 +52,18 @@ def render_markdown(result: dict[str, Any]) -> str:
     warnings = list(result.get("warnings", []))
     if warnings:
         out += [f"> ⚠ {w}" for w in warnings] + [""]
-    thresholds = result.get("thresholds", [])
-    if thresholds:
+    if result.get("thresholds"):
         out += ["## Thresholds", ""]
-        rows = []
-        for t in thresholds:
-            note = "aborted the run" if t.get("aborted") else ""
-            if not note and t.get("first_failed_at") is not None:
-                note = f"first failed live at {t['first_failed_at']:g} s"
-            rows.append(
-                ["✓" if t["ok"] else "✗", t["threshold"], t["on"], t["observed_text"], note]
-            )
-        out += _table(["", "threshold", "on", "observed", "note"], rows, right_from=99)
+        out += _table(tables.threshold_table(result), right_from=99)
         out.append("")
     sections = capacity_markdown(result)  # capacity search, degradation, recovery
     out += [sections, ""] if sections else []
     out += ["## Phases", ""]
-    rows = []
-    for p in result.get("phases", []):
-        t = p.get("totals", {})
-        lat = t.get("latency_ms", {})
-        rows.append(
-            [
-                p["name"],
-                p.get("executor", ""),
-                f"{p.get('start', 0):g}–{p.get('end', 0):g}",
-                phase_target(p),
-                f"{t.get('rps', 0):.1f}",
-                t.get("requests", 0),
-                pct(t.get("error_rate")),
-                t.get("dropped", 0),
-                *(ms(lat.get(k)) for k in ("p50", "p95", "p99", "max")),
-                phase_status(result, p),
-            ]
-        )
-    out += _table(
-        [
-            "phase",
-            "executor",
-            "time s",
-            "target",
-            "measured rps",
-            "requests",
-            "error rate",
-            "dropped",
-            "p50 ms",
-            "p95 ms",
-            "p99 ms",
-            "max ms",
-            "status",
-        ],
-        rows,
-        right_from=3,
-    )
+    out += _table(tables.phase_table(result), right_from=3)
     out += ["", "## Requests", ""]
-    rows = [_request_row(n, t) for n, t in result.get("requests", {}).items()]
-    rows.append(_request_row("**total**", totals))
-    out += _table(
-        [
-            "request",
-            "requests",
-            "rps",
-            "errors",
-            "error rate",
-            "dropped",
-            *(f"{k} ms" for k in _LAT),
-        ],
-        rows,
-    )
+    out += _table(tables.request_table(result))
     out += ["", "## Agents", ""]
-    rows = []
-    for a in agents:
-        mean = a.get("cpu_mean_percent")
-        rows.append(
-            [
-                a["id"],
-                a.get("host", ""),
-                a.get("cores", ""),
-                a.get("snapshots", 0),
-                "-" if mean is None else f"{mean:.0f}%",
-                f"{a.get('max_cpu_percent', 0):.0f}%",
-                f"{a.get('max_rss_bytes', 0) / 1e6:.0f} MB",
-                a.get("cpu_hot_intervals", 0),
-                "lost" if a.get("lost_at") else "ok" if a.get("complete") else "incomplete",
-            ]
-        )
-    out += _table(
-        [
-            "agent",
-            "host",
-            "cores",
-            "snapshots",
-            "CPU mean",
-            "CPU max",
-            "RSS max",
-            "hot intervals",
-            "state",
-        ],
-        rows,
-        right_from=2,
-    )
+    out += _table(tables.agent_table(result), right_from=2)
     events = [e for e in result.get("events", []) if e.get("kind") != "plan-update"]
     notes = list(result.get("engine_notes", [])) + list(result.get("agent_errors", []))
     if events or notes:
@@ -180,7 +76,7 @@ def render_markdown(result: dict[str, Any]) -> str:
             )
         out += [f"- {n}" for n in notes]
     out += ["", "## Settings", ""]
-    out += _table(["setting", "value"], [[k, v] for k, v in settings(result)], right_from=99)
+    out += _table(tables.settings_table(result), right_from=99)
     out.append("")
     return "\n".join(out)
 

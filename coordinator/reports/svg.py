@@ -112,6 +112,15 @@ def y_axis(lines: Sequence[Line], log: bool, floor: float | None = 0.0) -> Axis:
     return Axis(lo, max(ticks[-1], hi), False, [(v, fmt(v)) for v in ticks])
 
 
+LOG_SPAN = 50.0  # values spread wider than this factor read better on a log y axis
+
+
+def wants_log_y(lines: Sequence[Line]) -> bool:
+    """Whether the lines' non-zero values spread more than LOG_SPAN× (then use `log_y`)."""
+    values = [v for line in lines for _, v in line.points if v]
+    return bool(values) and max(values) / max(min(values), 1e-6) > LOG_SPAN
+
+
 def chart(
     chart_id: str,
     title: str,
