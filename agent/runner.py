@@ -70,7 +70,7 @@ class Runner:
         # The session's dead-man check; the schedulers ask it before every request, so a
         # process that was frozen or starved cannot send a backlog once it runs again.
         self.may_send: Callable[[], bool] = lambda: True
-        self._abort_drain = 0.0
+        self.abort_drain = 0.0
         self.changed = asyncio.Event()  # set on every plan update
         # perf_counter at run time zero
         self.t0 = time.perf_counter() + (plan.start_at - clock.to_coordinator(time.time()))
@@ -119,7 +119,11 @@ class Runner:
             for p in self.phases:  # surface a bug in a phase loop instead of hiding it
                 if p.task and p.task.done() and not p.task.cancelled() and p.task.exception():
                     raise p.task.exception()  # type: ignore[misc]
-            in_flight_grace = self._abort_drain if self.aborted else self.scenario.defaults.timeout
+            in_flight_grace = self.abort_drain if self.aborted else self.scenario.defaults.timeout
+            # after a Stop, users finish the request they are in (see users.py)
+            phase_tasks = [p.task for p in self.phases if p.task and not p.task.done()]
+            if phase_tasks:
+                await asyncio.wait(phase_tasks, timeout=in_flight_grace + 0.5)
             await self.sender.drain(in_flight_grace + 0.5)
         finally:
             ticker.cancel()
@@ -155,12 +159,13 @@ class Runner:
         from the coordinator); the dead-man switch passes 0 and cuts them off at once.
         Either way they are recorded, so the target's count and ours agree."""
         self.aborted = True
-        self._abort_drain = drain
+        self.abort_drain = drain
         for p in self.phases:
             if p.task:
-                p.task.cancel()
-            for t in p.users.values():
-                t.cancel()
+                p.task.cancel()  # a users phase then stops its users (see users.py)
+            if drain <= 0:
+                for t in p.users.values():
+                    t.cancel()
         if drain <= 0:
             self.sender.cancel_all()
         self.changed.set()

@@ -93,6 +93,7 @@ def journeys(runner: Runner) -> Journeys:
 class _User:
     def __init__(self, index: int) -> None:
         self.index = index
+        self.busy = False  # awaiting a reply: a Stop lets it finish (bounded by the drain)
         self.stopping = False
         self.stop_deadline = float("inf")  # perf_counter after which it is cancelled
         self.out_of_rows = False  # its feeder ran dry: do not start it again
@@ -151,7 +152,16 @@ async def run_user_phase(runner: Runner, state: PhaseState) -> None:
             await asyncio.sleep(_RECONCILE)
     finally:
         state.active_users = 0
-        for _, task in users.values():
+        # A Stop with a drain lets the users awaiting a reply finish it (they then see
+        # the abort and end); those thinking, or still busy when the drain ends, are
+        # cancelled: a request cut off is recorded as cancelled.
+        busy = [task for user, task in users.values() if user.busy and not task.done()]
+        for user, task in users.values():
+            if not user.busy:
+                task.cancel()
+        if busy and runner.aborted and runner.abort_drain > 0:
+            await asyncio.wait(busy, timeout=runner.abort_drain)
+        for task in busy:
             task.cancel()
 
 
@@ -181,7 +191,7 @@ async def _user_loop(runner: Runner, state: PhaseState, mix: Mix | None, user: _
         names = kit.flow_names.setdefault(phase.name, set())
         flow_user = FlowUser(runner, phase, client, me, names, kit.steps, kit.endpoint, jar)
     try:
-        while not user.stopping:
+        while not user.stopping and not runner.aborted:
             if feeder is not None and not per_user_row:
                 me.row = feeder.next_row(rng)
                 if me.row is NO_ROW:
@@ -189,11 +199,13 @@ async def _user_loop(runner: Runner, state: PhaseState, mix: Mix | None, user: _
                     return
             if flow_user is not None:
                 await _flow_iteration(runner, kit, phase, flow_user)
+                waited = False  # a flow may never await: yield below
             else:
                 assert mix is not None
-                await _steps_iteration(runner, kit, phase, mix, client, me, jar)
+                waited = await _steps_iteration(runner, kit, phase, mix, client, me, jar, user)
             me.iteration += 1
-            await asyncio.sleep(0)  # an iteration that never waited must not starve the loop
+            if not waited:  # an iteration that never waited must not starve the loop
+                await asyncio.sleep(0)
     finally:
         if own:
             await client.close()
@@ -207,7 +219,14 @@ async def _steps_iteration(
     client: HttpClient,
     me: UserState,
     jar: Callable[[], Iterable[Any] | None],
-) -> None:
+    user: _User,
+) -> bool:
+    """One pass over the phase's steps; True if it waited for a reply.
+
+    The request is awaited here, in the user's task: a task per request (and the
+    shield that kept it alive through a stop) cost a third of the agent's CPU per
+    request. A stop is therefore cooperative (`_User.busy`, `run_user_phase`)."""
+    waited = False
     iteration = me.iteration
     specs = mix.specs if phase.flow == "sequence" else [mix.pick(me.user_id + iteration)]
     for spec in specs:
@@ -217,13 +236,20 @@ async def _steps_iteration(
         request = step.build(me)
         if not runner.may_send():  # the dead-man switch, checked at every send
             runner.abort()
-            return
+            return waited
         runner.recorder.arrival(phase.name, spec.name, runner.current_interval())
         sent = time.perf_counter()
-        # shielded: stopping a user lets its request finish (or be recorded)
-        reply = await asyncio.shield(
-            runner.sender.spawn(client, phase.name, spec.name, request, sent, spec.timeout)
-        )
+        user.busy = True
+        try:
+            reply = await runner.sender.send(
+                client, phase.name, spec.name, request, sent, spec.timeout
+            )
+        finally:
+            user.busy = False
+        # a reply came over the network; a failure may have been raised at once
+        waited = waited or reply is not None
+        if runner.aborted:
+            return waited
         failed = False
         if step.evaluates or spec.once:
             failed = _evaluate(runner, kit, phase, step, me, reply, sent, jar)
@@ -232,8 +258,10 @@ async def _steps_iteration(
         pause = think_seconds(phase.think, me.rng)
         if pause > 0:
             await asyncio.sleep(pause)
+            waited = True
         if failed and spec.abort_on_fail:
-            return
+            return waited
+    return waited
 
 
 def _evaluate(
