@@ -5,15 +5,29 @@ no access log; pinned to core 1 when `taskset` and a second core exist),
 then for each engine runs a closed loop of 64 concurrent requests for ~5 s
 in a fresh Python process pinned to core 0, and wrk (`-t1 -c64 -d5s`)
 pinned to core 0 the same way. Each measurement is the median of 3 runs.
+
+By default each engine runs with full measurement, as in a real run: the
+agent's own `Runner` executes a constant-users phase (64 users, no think
+time, a shared pool of 64 connections), so every request goes through the
+closed-model scheduler, the `Sender` and the `Recorder` (outcome classes,
+latency, service time and send lag), and every 1 s interval is cut, binned
+into histograms and encoded as the Snapshot the agent would send (only the
+ZeroMQ link is left out). `--bare` measures the engines alone instead: 64
+coroutines calling `client.send` and counting replies.
+
 CPU is user + system time of the client process: `getrusage(RUSAGE_SELF)`
-over the measured window for the engines, `wait4`'s rusage of the whole wrk
-process for wrk (so wrk's start-up is counted against it; a few ms in 5 s).
+over the measured window for the engines (with full measurement, after one
+interval of warm-up and from one interval cut to another, so the window holds
+whole intervals; bare, after 0.5 s of warm-up), and `wait4`'s rusage of the
+whole wrk process for wrk (so wrk's start-up is counted against it; a few ms
+in 5 s).
 
 Without nginx, the target is an aiohttp server; without wrk, no reference.
 Prints figures only; nothing here asserts. All load goes to 127.0.0.1 and
-stops after the given duration.
+stops after the given duration. `bench/compare_peers.py` reuses this module
+to add hey to the comparison.
 
-    python bench/engine_bench.py [--duration 5] [--runs 3] [--concurrency 64]
+    python bench/engine_bench.py [--duration 5] [--runs 3] [--concurrency 64] [--bare]
 """
 
 from __future__ import annotations
@@ -31,7 +45,10 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,10 +109,112 @@ async def _closed_loop(
     }
 
 
-def worker_main(engine: str, url: str, duration: float, concurrency: int) -> None:
+async def _agent_closed_loop(
+    engine: str, url: str, duration: float, concurrency: int
+) -> dict[str, float]:
+    """The same closed loop, run by the agent's `Runner` with full measurement on.
+
+    One constant-users phase: `concurrency` users, no think time, one shared
+    pool of `concurrency` connections. Interval 0 is the warm-up; the window
+    measured runs from the cut of interval 0 to the cut of interval n (n
+    intervals of about 1 s, n·interval = `duration`), so it holds the per-
+    request recording of intervals 1..n and their cuts (histogram binning,
+    Snapshot encoding) and nothing else. Requests are counted from the
+    snapshots themselves.
+    """
+    import psutil
+
+    from loadctl.agent.http import Endpoint
+    from loadctl.agent.runner import Runner
+    from loadctl.protocol.clock import ClockEstimate
+    from loadctl.protocol.codec import encode
+    from loadctl.protocol.messages import Plan, Series, Share, Snapshot
+    from loadctl.protocol.scenario import Scenario
+
+    parts = url.split("/", 3)
+    endpoint = Endpoint.parse("/".join(parts[:3]))
+    if endpoint.host not in ("127.0.0.1", "localhost"):
+        raise SystemExit("the bench only sends load to 127.0.0.1")
+    intervals = max(1, round(duration))
+    interval = duration / intervals
+    scenario = Scenario.from_dict(
+        {
+            "name": "engine-bench",
+            "target": endpoint.base_url,
+            "defaults": {
+                "engine": engine,
+                "connections": concurrency,
+                "timeout": 5.0,
+                "interval": interval,
+            },
+            "requests": [
+                {"name": "get", "method": "GET", "path": "/" + (parts[3] if len(parts) > 3 else "")}
+            ],
+            "phases": [
+                {
+                    "name": "closed",
+                    "executor": "constant-users",
+                    "users": concurrency,
+                    "think": 0,
+                    "grace": 1.0,
+                    # warm-up interval, measured intervals, and a little beyond the last cut
+                    "duration": (intervals + 1) * interval + 0.25,
+                }
+            ],
+        }
+    )
+    plan = Plan("engine-bench", scenario.wire(), Share(0.0, (1,), 0), time.time() + 0.1, interval)
+    process = psutil.Process()
+    process.cpu_percent(None)
+    counts = {"ok": 0, "errors": 0}
+    marks: dict[int, tuple[float, resource.struct_rusage]] = {}
+    runner: Runner
+
+    async def sink(index: int, start: float, end: float, series: tuple[Series, ...]) -> None:
+        # What the agent's session does with each cut (less the ZeroMQ send).
+        encode(
+            Snapshot(
+                run_id=plan.run_id,
+                agent_id="bench",
+                seq=index + 1,
+                interval=index,
+                start=start,
+                end=end,
+                series=series,
+                active_users=runner.users_at_cut,
+                in_flight=runner.sender.in_flight,
+                cpu_percent=process.cpu_percent(None),
+                rss_bytes=process.memory_info().rss,
+            )
+        )
+        if 1 <= index <= intervals:
+            for s in series:
+                for outcome, n in s.outcomes.items():
+                    counts["ok" if outcome == "2xx" else "errors"] += n
+        if index in (0, intervals) and index not in marks:
+            marks[index] = (time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF))
+
+    runner = Runner(plan, ClockEstimate(0.0, 0.0, 1), sink)
+    await runner.run()
+    if runner.engine != engine:
+        raise SystemExit(f"the agent ran the {runner.engine} engine, not {engine}")
+    (t0, usage0), (t1, usage1) = marks[0], marks[intervals]
+    return {
+        "requests": counts["ok"],
+        "errors": counts["errors"],
+        "wall": t1 - t0,
+        "user": usage1.ru_utime - usage0.ru_utime,
+        "sys": usage1.ru_stime - usage0.ru_stime,
+    }
+
+
+def worker_main(
+    engine: str, url: str, duration: float, concurrency: int, bare: bool = False
+) -> None:
     import uvloop
 
-    result = uvloop.run(_closed_loop(engine, url, duration, concurrency))
+    loop = _closed_loop if bare else _agent_closed_loop
+    result = uvloop.run(loop(engine, url, duration, concurrency))
     print(json.dumps(result))
 
 
@@ -203,23 +322,38 @@ def start_aiohttp(port: int) -> subprocess.Popen[bytes]:
     )
 
 
-def run_engine(engine: str, url: str, duration: float, concurrency: int) -> Run:
+def run_engine(engine: str, url: str, duration: float, concurrency: int, bare: bool = False) -> Run:
+    """One measured run of a loadctl engine, in a fresh Python process pinned to core 0."""
     cmd = [*pin(0), sys.executable, os.path.abspath(__file__), "--worker", engine, "--url", url]
     cmd += ["--duration", str(duration), "--concurrency", str(concurrency)]
+    if bare:
+        cmd.append("--bare")
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=duration + 60)
     data = json.loads(out.stdout.strip().splitlines()[-1])
     return Run(int(data["requests"]), int(data["errors"]), data["wall"], data["user"], data["sys"])
 
 
+def run_measured(cmd: list[str], timeout: float) -> tuple[int, str, resource.struct_rusage]:
+    """Run `cmd` to its end; its exit code, its output (stdout and stderr) and the
+    rusage of the whole process (every thread) from `wait4`. Killed after `timeout`."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    watchdog = threading.Timer(timeout, proc.kill)
+    watchdog.start()
+    try:
+        assert proc.stdout is not None
+        output = proc.stdout.read().decode(errors="replace")
+        _, status, usage = os.wait4(proc.pid, 0)
+    finally:
+        watchdog.cancel()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, output, usage
+
+
 def run_wrk(url: str, duration: float, concurrency: int) -> Run:
     cmd = [*pin(0), WRK, "-t1", f"-c{concurrency}", f"-d{duration:g}s", url]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    assert proc.stdout is not None
-    output = proc.stdout.read().decode()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    code, output, usage = run_measured(cmd, duration + 30)
     match = re.search(r"(\d+) requests in ([\d.]+)(m?s)", output)
-    if proc.returncode != 0 or match is None:
+    if code != 0 or match is None:
         raise SystemExit(f"wrk failed:\n{output}")
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     measured = float(match.group(2)) / (1000 if match.group(3) == "ms" else 1)
@@ -237,19 +371,10 @@ def median_run(runs: list[Run]) -> Run:
     return sorted(runs, key=lambda r: r.us_per_request)[len(runs) // 2]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=5.0)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--engines", default="fast,aiohttp")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--url", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        worker_main(args.worker, args.url, args.duration, args.concurrency)
-        return
-
+@contextmanager
+def serve_target() -> Iterator[tuple[str, str]]:
+    """nginx (1 worker, pinned to core 1) on a free port of 127.0.0.1, or an aiohttp
+    server without nginx; yields (URL, description) and stops it on exit."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     with tempfile.TemporaryDirectory(prefix="loadctl-bench-") as tmp:
@@ -260,7 +385,7 @@ def main() -> None:
             target, proc = "aiohttp server", start_aiohttp(port)
         try:
             wait_for_port(port, proc)
-            report(url, target, args)
+            yield url, target
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -269,11 +394,34 @@ def main() -> None:
                 proc.kill()
 
 
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--engines", default="fast,aiohttp")
+    parser.add_argument(
+        "--bare",
+        action="store_true",
+        help="measure the engines alone, without the agent's scheduler and recorder",
+    )
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker_main(args.worker, args.url, args.duration, args.concurrency, args.bare)
+        return
+    with serve_target() as (url, target):
+        report(url, target, args)
+
+
 def report(url: str, target: str, args: argparse.Namespace) -> None:
     cores = os.cpu_count() or 1
     pinned = "client on core 0, target on core 1" if pin(1) else "not pinned (no taskset or 1 core)"
     print(f"target: {target} at {url}; {pinned}")
+    measurement = "engines alone (--bare)" if args.bare else "full measurement (agent Runner)"
     print(
+        f"loadctl: {measurement}; "
         f"closed loop, {args.concurrency} concurrent, {args.duration:g} s, "
         f"median of {args.runs} interleaved rounds, {cores} cores, "
         f"load average {os.getloadavg()[0]:.2f}\n"
@@ -291,7 +439,7 @@ def report(url: str, target: str, args: argparse.Namespace) -> None:
             if name == "wrk":
                 run = run_wrk(url, args.duration, args.concurrency)
             else:
-                run = run_engine(name, url, args.duration, args.concurrency)
+                run = run_engine(name, url, args.duration, args.concurrency, args.bare)
             all_runs[name].append(run)
             print(
                 f"  round {round_ + 1} {name:<8} {run.rps:>8.0f} RPS "
