@@ -53,8 +53,9 @@ class _Prepared:
     def __init__(self, request: HttpRequest) -> None:
         self.request = request
         self.method = request.method.upper()
+        target = request.target  # the endpoint's prefix joined with the request's path
         try:
-            self.url = URL(request.url, encoded=request.path.isascii() and " " not in request.path)
+            self.url = URL(request.url, encoded=target.isascii() and " " not in target)
         except ValueError as exc:
             raise SendError(f"invalid URL {request.url!r}: {exc}") from None
         headers: CIMultiDict[str] = CIMultiDict(request.headers)

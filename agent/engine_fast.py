@@ -175,12 +175,13 @@ class FastClient:
                 "the fast engine does not follow redirects; use the aiohttp engine "
                 "(engines.choose_engine picks it when a request follows redirects)"
             )
-        pool = self._pools.get(request.endpoint)
+        origin = request.endpoint.origin  # one pool per server, whatever the path prefix
+        pool = self._pools.get(origin)
         if pool is None:
             context = self._ssl_context
-            if request.endpoint.tls and context is None:
+            if origin.tls and context is None:
                 context = self._ssl_context = ssl.create_default_context()
-            pool = self._pools[request.endpoint] = Pool(request.endpoint, context)
+            pool = self._pools[origin] = Pool(origin, context)
         prepared = Prepared(request, pool)
         if prepared.big_body:
             return prepared  # a cache of big bodies would hold on to them

@@ -27,7 +27,7 @@ def serialise_head(request: HttpRequest) -> bytes:
     method = request.method.upper()
     if not _METHOD.fullmatch(method):
         raise SendError(f"invalid HTTP method {request.method!r}")
-    path = request.path or "/"
+    path = request.target  # the endpoint's prefix joined with the request's path
     if not path.isascii() or any(c <= " " or c == "\x7f" for c in path):
         path = quote(path, safe=_PATH_SAFE)
     lines = [f"{method} {path} HTTP/1.1"]

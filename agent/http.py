@@ -58,9 +58,18 @@ class ConnectFailed(SendError):
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
+    """Where requests go: scheme, host and port, and the base path of the target URL.
+
+    `prefix` is the path of the scenario's `target` without its trailing "/"
+    ("" for `http://host:port` or `http://host:port/`). Request paths are
+    relative to it, as with k6's or Locust's base URL: `join` gives the
+    request-target that goes on the wire (see `join` for the rule).
+    """
+
     scheme: str
     host: str
     port: int
+    prefix: str = ""
 
     @property
     def tls(self) -> bool:
@@ -72,7 +81,7 @@ class Endpoint:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
         port = parts.port or (443 if parts.scheme == "https" else 80)
-        return cls(parts.scheme, parts.hostname, port)
+        return cls(parts.scheme, parts.hostname, port, parts.path.rstrip("/"))
 
     @property
     def authority(self) -> str:
@@ -82,7 +91,29 @@ class Endpoint:
 
     @property
     def base_url(self) -> str:
+        """scheme://authority, without the prefix."""
         return f"{self.scheme}://{self.authority}"
+
+    @property
+    def origin(self) -> Endpoint:
+        """The same server without the prefix: what a connection pool is for."""
+        return self if not self.prefix else Endpoint(self.scheme, self.host, self.port)
+
+    def join(self, path: str) -> str:
+        """The request-target for a request `path` (path and query).
+
+        The prefix and the path are concatenated, with exactly the "/" between
+        them that the path does not bring itself: with target
+        `http://h/api` (or `http://h/api/`), `/items` and `items` give
+        `/api/items`, `/` gives `/api/`, "" gives `/api` and `?q=1` gives
+        `/api?q=1`. Without a prefix the path is sent as it is ("/" if empty,
+        a leading "/" added if missing).
+        """
+        sep = "" if not path or path[0] in "/?" else "/"
+        target = self.prefix + sep + path
+        if not target:
+            return "/"
+        return target if target[0] == "/" else "/" + target
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,15 +122,20 @@ class HttpRequest:
 
     endpoint: Endpoint
     method: str
-    path: str  # path plus query, starting with "/"
+    path: str  # path plus query, relative to the endpoint's prefix (see `Endpoint.join`)
     headers: tuple[tuple[str, str], ...] = ()
     body: bytes = b""
     want_body: bool = False  # keep the reply's body and headers (extraction, checks)
     follow_redirects: bool = False
 
     @property
+    def target(self) -> str:
+        """The request-target on the wire: the endpoint's prefix joined with `path`."""
+        return self.endpoint.join(self.path)
+
+    @property
     def url(self) -> str:
-        return self.endpoint.base_url + self.path
+        return self.endpoint.base_url + self.target
 
 
 @dataclass(slots=True)

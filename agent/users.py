@@ -63,7 +63,7 @@ class Journeys:
 
     def feeder(self, name: str) -> Feeder:
         if self._feeders is None:
-            self._feeders = load_feeders(self.runner.scenario, self.runner.plan)
+            self._feeders = load_feeders(self.runner.scenario, self.runner.plan, self.runner)
         return self._feeders[name]
 
     def flow(self, ref: str) -> FlowFunction:

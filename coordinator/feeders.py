@@ -5,8 +5,15 @@ Both travel inside the Plan (`Plan.files`), over the authenticated link:
 * `data/NAME`: the rows of data source NAME that agent may use, as JSON lines
   `[row index, row]`. Unique modes ship each agent its own shard (no row is
   in two shards); the shared modes ship every row. A source with
-  `shared_path: true` ships nothing: agents read the file and cut the same
-  shard themselves.
+  `shared_path: true` ships nothing at the start: agents read the file and
+  cut the same shard themselves.
+
+  An agent that joins mid-run gets the unique-per-user rows nobody has used
+  that `protocol.handover` hands it (the own rows of users that have not
+  started, and spares the running agents give up); with `shared_path: true`
+  only their indices travel (`[index, null]`), the agent reads the rows. The
+  coordinator works them out by replaying the run's shares (`ShareHistory`,
+  kept by the run). unique-per-iteration rows never move.
 * `flow/REF`: the source of the Python module a phase's `flow: REF` names.
   Agents run code only from this entry, never from their own disk.
 
@@ -21,11 +28,15 @@ import ast
 import hashlib
 import importlib.util
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from loadctl.protocol.fields import ScenarioError
+from loadctl.protocol.handover import MARGIN, Blocks, BoolArray, Epoch, joined, split_tail
 from loadctl.protocol.journey import (
     ROW,
     DataSource,
@@ -42,7 +53,7 @@ from loadctl.protocol.journey import (
     shard,
 )
 from loadctl.protocol.messages import Share
-from loadctl.protocol.scenario import Scenario
+from loadctl.protocol.scenario import Phase, Scenario
 
 # Plans must stay well under the codec's frame limit (64 MiB).
 MAX_SHIPPED_BYTES = 48 * 1024 * 1024
@@ -63,28 +74,70 @@ class LoadedFlow:
     sha256: str
 
 
+class ShareHistory:
+    """The shares a run has sent, in order, as every agent's `ShareBook` holds them.
+
+    The run adds the first share (`add(0.0, weights)` when it starts) and each new
+    one it sends (`add(since, weights)` in every reshare); `plan_files` notes which
+    agent a mid-run plan went to. A share replaces those from its `since` on, as in
+    the agents' books."""
+
+    def __init__(self) -> None:
+        self.epochs: list[Epoch] = []
+        self.planned: list[set[int]] = []  # per epoch: positions given a plan with it
+
+    def add(self, since: float, weights: Sequence[int]) -> None:
+        keep = sum(1 for e in self.epochs if e.since < since)
+        del self.epochs[keep:], self.planned[keep:]
+        self.epochs.append(Epoch(since, tuple(weights)))
+        self.planned.append(set())
+
+    def find(self, share: Share) -> int | None:
+        """The epoch `share` belongs to (None if the history never had it)."""
+        for k in range(len(self.epochs) - 1, -1, -1):
+            epoch = self.epochs[k]
+            if epoch.since == share.since and epoch.weights == share.weights:
+                return k
+        return None
+
+
 @dataclass
 class Payload:
     data: dict[str, LoadedData] = field(default_factory=dict)
     flows: dict[str, LoadedFlow] = field(default_factory=dict)
 
-    def files_for(self, scenario: Scenario, share: Share) -> dict[str, bytes]:
+    def files_for(
+        self, scenario: Scenario, share: Share, history: ShareHistory | None = None
+    ) -> dict[str, bytes]:
         """Plan.files for the agent at `share`. An agent that joins mid-run (a share
-        from a later interval) gets no rows of unique sources: those rows were all
-        handed out at the start, and handing them out again would reuse them."""
+        from a later time) gets the unique-per-user rows `handed_over` gives it, given
+        the run's `history` (without it, none); never unique-per-iteration rows: those
+        were all handed out at the start, and handing them out again would reuse them."""
         files: dict[str, bytes] = {}
+        epoch = None
+        if share.since != 0 and history is not None:
+            epoch = history.find(share)
+            if epoch is not None:
+                history.planned[epoch].add(share.index)
         for name, loaded in self.data.items():
-            if loaded.source.shared_path or loaded.rows is None:
-                continue
+            source = loaded.source
             rows = loaded.rows
-            if not loaded.source.unique:
+            if rows is None or (source.shared_path and (share.since == 0 or not source.unique)):
+                continue  # the agent reads the file and cuts its rows itself
+            if not source.unique:
                 indices: list[int] = list(range(len(rows)))
             elif share.since == 0:
-                indices = shard(
-                    loaded.source, len(rows), scenario.phases, share.weights, share.index
-                )
+                indices = shard(source, len(rows), scenario.phases, share.weights, share.index)
+            elif epoch is not None and history is not None and source.mode == "unique-per-user":
+                indices = handed_over(source, len(rows), scenario.phases, history, epoch)[
+                    share.index
+                ]
             else:
                 indices = []
+            if source.shared_path:  # the agent reads the rows itself: only indices travel
+                if indices:
+                    files[data_key(name)] = encode_rows((i, None) for i in indices)
+                continue
             files[data_key(name)] = encode_rows((i, rows[i]) for i in indices)
         for ref, flow in self.flows.items():
             files[flow_key(ref)] = flow.code
@@ -99,6 +152,73 @@ class Payload:
             f"agents, sha256 {flow.sha256}"
             for ref, flow in self.flows.items()
         ]
+
+
+@dataclass
+class _Holding:
+    """What one agent's current plan gave it of a unique-per-user source."""
+
+    base: int  # the epoch of its plan
+    own: dict[str, BoolArray]  # phase -> which users' own rows it has
+    spares: list[int]  # its spare rows, in the order it takes them
+
+
+def handed_over(
+    source: DataSource, rows: int, phases: Sequence[Phase], history: ShareHistory, upto: int
+) -> dict[int, list[int]]:
+    """The row indices shipped to each agent planned at epoch `upto` (own rows first,
+    then its spares in order), by replaying the run's shares (`protocol.handover`)."""
+    blocks = Blocks(source.name, phases)
+    epochs = history.epochs
+
+    def own_rows(position: int, epoch: int, held: set[int] | None = None) -> dict[str, BoolArray]:
+        e = epochs[epoch]
+        out: dict[str, BoolArray] = {}
+        for name, (first, users) in blocks.blocks.items():
+            if held is not None:  # the start's shard: the rows of the users it owned
+                mask: BoolArray = np.asarray([first + u in held for u in range(users)], dtype=bool)
+            else:
+                mask = blocks.moving(name, e.since, e.weights, position)
+            mask &= np.arange(first, first + users) < rows
+            out[name] = mask
+        return out
+
+    holdings: dict[int, _Holding] = {}
+    for position in range(len(epochs[0].weights)):
+        initial = shard(source, rows, phases, epochs[0].weights, position)
+        own = own_rows(position, 0, set(initial))
+        holdings[position] = _Holding(0, own, [i for i in initial if i >= blocks.end])
+    shipped: dict[int, list[int]] = {}
+    for k in range(1, upto + 1):
+        weights = epochs[k].weights
+        joiners = joined(epochs[k - 1].weights, weights)
+        planned = history.planned[k]
+        given: dict[int, list[int]] = {q: [] for q in joiners}
+        for position, holding in sorted(holdings.items()):
+            # Only agents that run on give: a lost one may not have stopped yet when
+            # its weight went to 0, and one planned again has a new feeder (what its
+            # old one did not take is not used again: safe, if wasteful).
+            running = position < len(weights) and weights[position] > 0
+            if not joiners or not running or position in planned or not holding.spares:
+                continue
+            own_epochs = epochs[holding.base : k + 1]
+            taken = blocks.spares_taken(position, own_epochs, epochs[k].since + MARGIN, holding.own)
+            kept, gifts = split_tail(holding.spares[taken:], weights, joiners)
+            holding.spares = holding.spares[:taken] + kept
+            for q, part in gifts.items():
+                given[q] += part
+        for position in sorted(planned):
+            own = own_rows(position, k)
+            spares = given.get(position, [])
+            holdings[position] = _Holding(k, own, spares)
+            if k == upto:
+                first_rows = [
+                    first + u
+                    for name, (first, _) in blocks.blocks.items()
+                    for u in np.flatnonzero(own[name]).tolist()
+                ]
+                shipped[position] = first_rows + spares
+    return shipped
 
 
 def _too_big(size: int) -> str:
@@ -134,10 +254,13 @@ def payload_for(scenario: Scenario) -> Payload:
     return found if found is not None else load_payload(scenario)
 
 
-def plan_files(scenario: Scenario, share: Share) -> tuple[dict[str, bytes], list[str]]:
-    """(Plan.files, notes for the summary) for one agent's plan."""
+def plan_files(
+    scenario: Scenario, share: Share, history: ShareHistory | None = None
+) -> tuple[dict[str, bytes], list[str]]:
+    """(Plan.files, notes for the summary) for one agent's plan; `history`: the run's
+    shares so far, for an agent that joins mid-run (see `Payload.files_for`)."""
     payload = payload_for(scenario)
-    return payload.files_for(scenario, share), payload.notes()
+    return payload.files_for(scenario, share, history), payload.notes()
 
 
 _PAYLOADS: dict[int, Payload] = {}

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import zmq.asyncio
 
 from loadctl.coordinator.chaos import ChaosTimeline, FaultRecord, preflight
+from loadctl.coordinator.feeders import ShareHistory, plan_files
 from loadctl.coordinator.registry import AgentRecord, Registry
 from loadctl.coordinator.server import Server
 from loadctl.coordinator.timeline import Timeline
@@ -111,6 +112,7 @@ class Coordinator:
         self.updates: list[PlanUpdate] = []
         self.weights: list[int] = []
         self.order: list[str] = []  # agent ids by share position
+        self.share_history = ShareHistory()  # every share sent: rows for mid-run joiners
         self.start_at = 0.0
         self.ended_at = 0.0
         self.engine_notes: set[str] = set()
@@ -380,6 +382,7 @@ class Coordinator:
         agents.sort(key=lambda a: a.agent_id)
         self.order = [a.agent_id for a in agents]
         self.weights = [1] * len(agents)
+        self.share_history.add(0.0, self.weights)
         max_rtt = max(a.clock_rtt for a in agents)
         self.start_at = time.time() + max(self.options.start_delay, 3 * max_rtt)
         for i, agent in enumerate(agents):
@@ -396,12 +399,11 @@ class Coordinator:
         log.info("run %s starts with %d agent(s)", self.run_id, len(agents))
 
     async def _plan(self, agent: AgentRecord, share: Share) -> None:
-        from loadctl.coordinator.feeders import plan_files  # journeys: rows and flows
         from loadctl.protocol.fields import ScenarioError
 
         agent.planned = True
         try:
-            files, notes = plan_files(self.scenario, share)
+            files, notes = plan_files(self.scenario, share, self.share_history)
         except ScenarioError as error:
             raise CoordinatorFailure(f"the scenario's data or flows: {error}") from None
         self.engine_notes.update(notes)  # the flows' sha256, shown in the summary and result
@@ -413,6 +415,9 @@ class Coordinator:
     async def _reshare(self, reason: str, agent_id: str, since: float) -> float:
         """New shares for every agent from run time `since` (no later than needed)."""
         since = max(since, self.run_time() + SHARE_NOTICE)
+        if self.share_history.epochs:  # after every share sent: one before would replace it
+            since = max(since, self.share_history.epochs[-1].since + 0.001)
+        self.share_history.add(since, self.weights)
         for position, other_id in enumerate(self.order):
             other = self.registry.get(other_id)
             if other is not None and other.alive and other.planned:

@@ -22,12 +22,16 @@ taken only when a user starts. So both sides compute the same hand-over:
   T it has taken at most the first `Blocks.spares_taken(...)` of them. At a
   share that brings in an agent (a weight that was 0 or absent), every
   running agent gives it, out of the rest of its list, the positions the new
-  stripe assigns to it; an agent lost for good gives all of its rest.
+  stripe assigns to it. A lost agent gives nothing (it may run on until its
+  dead-man switch stops it), and what an agent planned anew did not take
+  under its old plan is not used again: safe, if wasteful.
 
-`MARGIN` covers the agents' clock error and the controller's reaction time
-around a share's `since` (milliseconds on a healthy cluster; one second is
-ample). unique-per-iteration rows are taken at a pace nobody can bound, so
-they never move: an agent that joins gets none.
+An agent reads both the shares and the curves on its own run clock, so
+clock error between agents does not matter here; `MARGIN` covers a share
+that reaches an agent up to a second after its `since` (the run sends it
+0.3 s ahead) and the controller's reaction time. unique-per-iteration
+rows are taken at a pace nobody can bound, so they never move: an agent
+that joins gets none of them.
 
 Every function here is deterministic over floats and integers that cross the
 wire unchanged, so the coordinator (replaying the run's shares) and each
@@ -49,7 +53,7 @@ from loadctl.protocol.journey import user_blocks
 from loadctl.protocol.scenario import Phase
 from loadctl.protocol.segments import Stripe
 
-MARGIN: Final = 1.0  # seconds around a share's `since` in which a user may still start
+MARGIN: Final = 1.0  # seconds after a share's `since` in which the old share may still rule
 
 BoolArray = npt.NDArray[np.bool_]
 IntArray = npt.NDArray[np.int64]
@@ -153,7 +157,9 @@ class Blocks:
                 result[first_free:] = owners(epoch.weights, users)[first_free:]
         return result
 
-    def moving(self, phase: str, since: float, weights: tuple[int, ...], position: int) -> BoolArray:
+    def moving(
+        self, phase: str, since: float, weights: tuple[int, ...], position: int
+    ) -> BoolArray:
         """Users whose own rows go to `position` with a share from `since`: users no
         curve reached by since + MARGIN, owned by `position` under `weights`."""
         users = self.blocks[phase][1]
