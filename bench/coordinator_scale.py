@@ -55,12 +55,13 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
+from loadctl.agent.link import RESEND_AFTER, RESEND_MAX  # noqa: E402  (agents resend as these do)
+
 INTERVAL = 1.0
 NAMES = tuple(f"req-{i:02d}" for i in range(10))
 PHASE = "steady"
 VARIANTS = 4  # distinct precomputed snapshot bodies per agent process
 HEARTBEAT = 0.5  # the coordinator's Welcome says so too; real agents beat at this rate
-RESEND_AFTER = 2.0  # as agent.link
 
 
 def raise_nofile() -> None:
@@ -235,7 +236,8 @@ class SimAgent:
     samples: list[Any] = field(default_factory=list)
     offset: float = 0.0
     seq: int = 0
-    outbox: dict[int, tuple[float, bytes]] = field(default_factory=dict)
+    outbox: dict[int, tuple[float, bytes]] = field(default_factory=dict)  # seq -> (due, frame)
+    waits: dict[int, float] = field(default_factory=dict)  # seq -> its last resend wait
     id_packed: bytes = b""
 
 
@@ -434,6 +436,7 @@ def agents_main(endpoint: str, ids: list[str], seed: int, out: Any) -> None:
                 if kind is Ack:
                     for seq in message.seqs:
                         a.outbox.pop(seq, None)
+                        a.waits.pop(seq, None)
                 elif kind is Heartbeat:
                     pass
                 elif kind is Welcome and a.state == "hello":
@@ -476,7 +479,7 @@ def agents_main(endpoint: str, ids: list[str], seed: int, out: Any) -> None:
                     )
                     at = time.time()
                     a.socket.send(frame, zmq.NOBLOCK, copy=False)
-                    a.outbox[a.seq] = (at, frame)
+                    a.outbox[a.seq] = (at + RESEND_AFTER, frame)
                     sent.append((a.agent_id, a.seq, at))
                     requests_sent += n
                 next_cut += 1
@@ -494,8 +497,10 @@ def agents_main(endpoint: str, ids: list[str], seed: int, out: Any) -> None:
                 state = "running" if a.state == "running" else "ready"
                 a.socket.send(encode(Heartbeat(state, 35.0, 80_000_000, 20, now)), zmq.NOBLOCK)
                 for seq, (stamp, frame) in list(a.outbox.items()):
-                    if now - stamp >= RESEND_AFTER:
-                        a.outbox[seq] = (now, frame)
+                    if now >= stamp:  # due: resent, the wait doubling as agent.link does
+                        wait = min(2 * a.waits.get(seq, RESEND_AFTER / 2), RESEND_MAX)
+                        a.waits[seq] = wait
+                        a.outbox[seq] = (now + wait, frame)
                         a.socket.send(frame, zmq.NOBLOCK, copy=False)
                         resends += 1
                 heapq.heappush(beats, (max(due + HEARTBEAT, now), i))

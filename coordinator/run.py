@@ -1,15 +1,18 @@
 """One run, from the coordinator's side: admit agents, plan, watch, drain.
 
-The coordinator is a single asyncio task around one ROUTER socket: receive a
-message, hand it to its handler through a dispatch table, then `_tick` the
-clock-driven duties (heartbeats, liveness, start, end, drain). Nothing on the
+The coordinator is a single asyncio task around one ROUTER socket: its intake
+(`intake.py`) takes messages off the socket and hands them to their handlers
+through a dispatch table, then `_tick` runs the clock-driven duties
+(heartbeats, liveness, start, end, drain) at most every 50 ms. Nothing on the
 wire can raise out of the loop: the socket layer drops what does not decode,
 and handlers drop what does not belong (unknown agent, other run).
 
 Shares are positional: agent i of the plan has weight `weights[i]`. A lost
-agent's weight becomes 0 and a joining agent appends a weight, both from an
-interval boundary at least one full interval ahead, so every agent hears of
-the change before it takes effect and no arrival is sent twice.
+agent's weight becomes 0 and a joining agent appends a weight. New shares take
+effect at a run time every agent hears of in advance (`SHARE_NOTICE`), and a
+lost agent's share moves only once it has surely stopped (its dead-man delay
+after it last heard us), so no arrival is sent twice. Losses found together
+move in one reshare.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ import logging
 import math
 import time
 import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -29,10 +31,10 @@ import zmq.asyncio
 
 from loadctl.coordinator.chaos import ChaosTimeline, FaultRecord, preflight
 from loadctl.coordinator.feeders import ShareHistory, plan_files
+from loadctl.coordinator.intake import Intake
 from loadctl.coordinator.registry import AgentRecord, Registry
 from loadctl.coordinator.server import Server
 from loadctl.coordinator.timeline import Timeline
-from loadctl.protocol.codec import peek_snapshot
 from loadctl.protocol.messages import (
     Ack,
     Bye,
@@ -122,6 +124,7 @@ class Coordinator:
         self._drain_deadline = math.inf
         self._reported_interval = -1
         self.server: Server | None = None
+        self.intake: Intake | None = None
         self.chaos: ChaosTimeline | None = None
         self._handlers: dict[
             type[Any], Callable[[AgentRecord | None, bytes, Any], Awaitable[None]]
@@ -198,6 +201,10 @@ class Coordinator:
 
     async def run(self) -> None:
         ctx = zmq.asyncio.Context()
+        # Decoding a snapshot makes hundreds of short-lived objects: with the default
+        # threshold the young generation is collected several times per snapshot.
+        thresholds = gc.get_threshold()
+        gc.set_threshold(max(thresholds[0], 50_000), *thresholds[1:])
         security = self.options.security
         if security is not None and hasattr(security, "start"):
             security.start(ctx)  # the ZAP authenticator must run before bind
@@ -211,60 +218,18 @@ class Coordinator:
                 self.options.agents,
             )
             self._wait_deadline = time.monotonic() + self.options.wait_timeout
-            # received, not yet handled; True: a snapshot acked on arrival
-            pending: deque[tuple[list[bytes], bool]] = deque()
-            # their size: up to 256 MiB come off the socket early (a burst of a thousand
-            # snapshots is some 80 MiB); past that they wait in ZeroMQ's queue instead
-            pending_bytes = 0
+            self.intake = Intake(
+                self.server,
+                self.registry,
+                self.timeline,
+                self.run_id,
+                self._handlers,
+                self._on_snapshots,
+                self._unexpected,
+            )
             last_tick = 0.0
             while self.state != "finished":
-                # What arrived comes off the socket at once (up to bounds): its senders
-                # count as heard from now and its snapshots are acked now, before the
-                # costly part (decoding, merging), so a backlog here neither makes live
-                # agents look lost nor makes them resend. It is then handled 256
-                # messages at a time, with the clock-driven duties after a batch at most
-                # every 50 ms (they cost O(agents): run per message, with a thousand
-                # agents, they would take the whole loop); consecutive snapshots (the
-                # burst at an interval's end) merge together.
-                room = 16384 - len(pending)
-                if room > 0 and pending_bytes < 256 << 20:
-                    frames = await self.server.receive_frames(
-                        0.0 if pending else 0.05, room, (256 << 20) - pending_bytes
-                    )
-                    for raw in frames:
-                        acked = await self._on_arrival(raw)
-                        if acked is not None:
-                            pending.append((raw, acked))
-                            pending_bytes += len(raw[-1])
-                if pending:
-                    await asyncio.sleep(0)  # other tasks run even while a backlog lasts
-                snapshots: list[tuple[AgentRecord | None, bytes, Snapshot]] = []
-                acked_now: list[int] = []  # positions in `snapshots` acked on arrival
-                for _ in range(min(len(pending), 256)):
-                    raw, acked = pending.popleft()
-                    pending_bytes -= len(raw[-1])
-                    got = self.server.accept(raw)
-                    if got is None:
-                        continue
-                    identity, message = got
-                    agent = self.registry.by_identity(identity)
-                    if agent is not None:
-                        agent.saw()
-                    if type(message) is Snapshot:
-                        if acked:
-                            acked_now.append(len(snapshots))
-                        snapshots.append((agent, identity, message))
-                        continue
-                    if snapshots:
-                        await self._on_snapshots(snapshots, acked_now)
-                        snapshots, acked_now = [], []
-                    handler = self._handlers.get(type(message))
-                    if handler is None:
-                        await self._unexpected(identity, message)
-                    else:
-                        await handler(agent, identity, message)
-                if snapshots:
-                    await self._on_snapshots(snapshots, acked_now)
+                await self.intake.round()  # see intake.py: acks, batches, backlog
                 now = time.monotonic()
                 if now - last_tick >= 0.05:  # a tick costs O(agents)
                     last_tick = now
@@ -280,6 +245,7 @@ class Coordinator:
             if security is not None and hasattr(security, "stop"):
                 security.stop()
             ctx.term()
+            gc.set_threshold(*thresholds)
 
     # -- chaos ----------------------------------------------------------------------------
     async def _check_chaos(self) -> None:
@@ -328,8 +294,10 @@ class Coordinator:
             )
 
     async def _tick_running(self, now: float) -> None:
+        assert self.intake is not None
         lost_after = self.options.lost_after
-        silent = [a for a in self._planned_alive() if a.silence() > lost_after and not a.complete()]
+        silence = self.intake.silence  # as far as what we have read can tell
+        silent = [a for a in self._planned_alive() if silence(a) > lost_after and not a.complete()]
         if silent:
             await self._lose(silent)
         if self._interrupt and self.state == "running":
@@ -357,7 +325,7 @@ class Coordinator:
             and self.run_time() > self.expected_end + self.scenario.defaults.timeout + 2.0
         ):
             self._begin_drain()
-        elif self.state == "draining" and now > self._drain_deadline:
+        elif self.state == "draining" and now > self._drain_deadline and not self.intake.backlog:
             self._finish()
 
     def _begin_drain(self) -> None:
@@ -544,27 +512,6 @@ class Coordinator:
         self, agent: AgentRecord | None, identity: bytes, snapshot: Snapshot
     ) -> None:
         await self._on_snapshots([(agent, identity, snapshot)])
-
-    async def _on_arrival(self, raw: list[bytes]) -> bool | None:
-        """A message just taken off the socket: its sender is heard from now. A snapshot
-        of a planned agent is acked at once, from its first bytes (`peek_snapshot`): True
-        then; None if it resends one merged already (nothing is left to do with it)."""
-        agent = self.registry.by_identity(raw[0])
-        if agent is None:
-            return False
-        agent.saw()
-        if not agent.planned or len(raw) != 2:
-            return False
-        head = peek_snapshot(raw[1])
-        if head is None or head[1] != agent.agent_id:
-            return False
-        run_id, _, seq = head
-        assert self.server is not None
-        await self.server.send(raw[0], Ack(run_id, (seq,)))
-        if run_id == self.run_id and agent.alive and self.timeline.seen(agent.agent_id, seq):
-            self.timeline.duplicates += 1  # as Timeline.add would count it, undecoded
-            return None
-        return True
 
     async def _on_snapshots(
         self,

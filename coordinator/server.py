@@ -61,6 +61,7 @@ class Server:
         self.now: zmq.Socket[bytes] = zmq.Socket.shadow(self.socket.underlying)
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.rejected: Counter[str] = Counter()
+        self.drained = False  # the last receive_frames read the socket dry
         self.limited = RateLimitedLog()
 
     async def receive(self, timeout: float) -> tuple[bytes, Message] | None:
@@ -88,7 +89,9 @@ class Server:
         undecoded, in arrival order; waits up to `timeout` for the first (0: does not
         wait). Taking them off the socket is cheap and tells who is alive now; decoding
         them (`accept`) is what costs."""
+        self.drained = False
         if timeout > 0 and not await self._readable(timeout):
+            self.drained = True
             return []
         out: list[list[bytes]] = []
         recv = self.now.recv_multipart
@@ -97,6 +100,7 @@ class Server:
             try:
                 frames = recv(zmq.NOBLOCK)
             except zmq.Again:
+                self.drained = True  # everything sent to us so far has been read
                 break
             out.append(frames)
             size += sum(map(len, frames))
