@@ -10,9 +10,12 @@ other differ by more than the proxy costs. What the proxy adds is the
 difference of the two paths' percentiles within a run, median over rounds.
 A second run per round does the same through a second proxy that has a 0 ms
 latency toxic: the toxic path (queue, pump task, chain) without any delay of
-its own. Last, in one process (an echo server, the proxy and a client on one
-loop, so no scheduler in between), what the proxy adds per round trip in CPU
-and wall time: the floor the cross-process figures stand on.
+its own. A third does the same through a bare forwarder (about 30 lines of
+asyncio.Protocol on uvloop, no loadctl code; `--bare-forwarder`): what any
+Python proxy costs on this machine, so what is loadctl's own is the
+difference. Last, in one process (an echo server, the proxy and a client on
+one loop, so no scheduler in between), what the proxy adds per round trip in
+CPU and wall time: the floor the cross-process figures stand on.
 
 The client is a small raw-socket one in this process (uvloop, a pool of
 keep-alive connections per path, one request in flight per connection, each
@@ -20,7 +23,12 @@ request sent at its intended time on an idle connection). Latency is timed
 from the moment the request is written to the moment its whole reply is
 read; the pacer's send lag is printed too, and "waited" counts arrivals that
 found no idle connection. The proxy's CPU per proxied request is read with
-psutil.
+psutil (its utime + stime, which Linux keeps equal to the scheduler's exact
+run time, in 10 ms units: about 3 µs per request over a run) over the
+measured part only: not the connections' set-up, not the warm-up.
+
+It measures the tree it is in: the repo root goes first on sys.path, here
+and in the processes it starts, whether or not loadctl is installed.
 
 Prints figures only; nothing here asserts. All load goes to 127.0.0.1 and
 stops after the given duration.
@@ -41,10 +49,21 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import psutil
 import uvloop
+
+# Measure the tree this file is in, installed or not (coordinator_scale.py does
+# the same); the target and the proxies it starts get it first on PYTHONPATH.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+_ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p),
+}
 
 TARGET = [
     sys.executable,
@@ -57,6 +76,8 @@ PROXY = [
     "from loadctl.chaos.cli import chaos_group; chaos_group(prog_name='loadctl chaos')",
     "proxy",
 ]
+BARE = [sys.executable, os.path.abspath(__file__), "--bare-forwarder"]
+BARE_LINE = "bare forwarder listening on"
 REQUEST = b"GET /health HTTP/1.1\r\nHost: bench\r\n\r\n"
 GOAL_ADDED_P50_MS = 0.2
 POOL_SIZE = 32
@@ -158,10 +179,14 @@ class Figures:
         return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
 
 
-async def interleaved(addresses: list[str], rate: float, duration: float) -> list[Figures]:
+async def interleaved(
+    addresses: list[str], rate: float, duration: float, mark: Callable[[], None] = lambda: None
+) -> list[Figures]:
     """`rate` requests per second to each address, sent alternately (arrival k
     to address k mod n), so every path sees the same machine at the same time.
-    Returns each address's figures, and the pacer's send lag last."""
+    Returns each address's figures, and the pacer's send lag last. `mark` is
+    called when the measured part starts and when its last reply is in (not
+    the connections' set-up, not the warm-up)."""
     loop = asyncio.get_running_loop()
     pools = [Pool(a) for a in addresses]
     for pool in pools:
@@ -179,6 +204,7 @@ async def interleaved(addresses: list[str], rate: float, duration: float) -> lis
             await asyncio.sleep(delay)
         pool = pools[k % n]
         if k == measured_from:
+            mark()
             for p in pools:
                 p.latencies.clear()
                 p.waited = 0
@@ -190,7 +216,9 @@ async def interleaved(addresses: list[str], rate: float, duration: float) -> lis
         conn.send()
     for pool in pools:
         while pool.idle.qsize() < len(pool.conns):
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.001)
+    mark()
+    for pool in pools:
         pool.close()
     out = [Figures([x * 1e3 for x in p.latencies], p.waited) for p in pools]
     return [*out, Figures(lag, 0)]
@@ -236,10 +264,13 @@ async def _round_trips(port: int, n: int) -> tuple[float, float]:
     return cpu / n * 1e6, (w1 - w0) / n * 1e6
 
 
-async def in_process(n: int = 20_000, rounds: int = 3) -> tuple[list[float], list[float]]:
+async def in_process(
+    n: int = 20_000, rounds: int = 3
+) -> dict[str, tuple[list[float], list[float]]]:
     """An echo server, the proxy in front of it, and a client, all on one loop
     (so on one core, one after the other): what the proxy adds per round
-    trip, in CPU and in wall time, each round measured direct then proxied."""
+    trip, in CPU and in wall time, each round measured direct then proxied;
+    the same for the bare forwarder. {"proxy" | "bare": (CPU µs, wall µs)}."""
     from loadctl.chaos.proxy import ProxyCollection
 
     loop = asyncio.get_running_loop()
@@ -248,16 +279,83 @@ async def in_process(n: int = 20_000, rounds: int = 3) -> tuple[list[float], lis
     proxies = ProxyCollection()
     body = [{"name": "bench", "listen": "127.0.0.1:0", "upstream": f"127.0.0.1:{port}"}]
     [proxy] = await proxies.populate(body)
-    proxy_port = int(proxy.listen.rsplit(":", 1)[1])
-    cpu, wall = [], []
+    bare_server = await loop.create_server(_bare_server(f"127.0.0.1:{port}"), "127.0.0.1", 0)
+    ports = {
+        "proxy": int(proxy.listen.rsplit(":", 1)[1]),
+        "bare": bare_server.sockets[0].getsockname()[1],
+    }
+    out: dict[str, tuple[list[float], list[float]]] = {m: ([], []) for m in ports}
     for _ in range(rounds):
-        direct = await _round_trips(port, n)
-        through = await _round_trips(proxy_port, n)
-        cpu.append(through[0] - direct[0])
-        wall.append(through[1] - direct[1])
+        for mode, through_port in ports.items():
+            direct = await _round_trips(port, n)
+            through = await _round_trips(through_port, n)
+            out[mode][0].append(through[0] - direct[0])
+            out[mode][1].append(through[1] - direct[1])
     proxies.stop_all()
+    bare_server.close()
     server.close()
-    return cpu, wall
+    return out
+
+
+# -- the reference: a bare forwarder -------------------------------------------
+
+
+class _Bare(asyncio.Protocol):
+    """One socket of a bare forwarder: each read written to the peer's
+    transport, no flow control, no toxics. The least a Python proxy does."""
+
+    def __init__(self, peer: _Bare | None = None) -> None:
+        self.peer = peer
+        self.transport: asyncio.Transport | None = None
+        self.early: list[bytes] = []
+        self.connecting: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        if self.peer is not None:  # the upstream side: the client side may go on
+            self.peer.peer = self
+            for data in self.peer.early:
+                transport.write(data)  # type: ignore[attr-defined]
+            self.peer.early.clear()
+
+    def data_received(self, data: bytes) -> None:
+        peer = self.peer
+        if peer is not None and peer.transport is not None:
+            peer.transport.write(data)
+        else:
+            self.early.append(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.close()
+
+
+def _bare_server(upstream: str) -> Callable[[], _Bare]:
+    """The protocol factory of a bare forwarder to `upstream`."""
+    host, port = upstream.rsplit(":", 1)
+
+    def client_side() -> _Bare:
+        side = _Bare()
+
+        async def connect() -> None:
+            loop = asyncio.get_running_loop()
+            try:
+                await loop.create_connection(lambda: _Bare(side), host, int(port))
+            except OSError:
+                if side.transport is not None:
+                    side.transport.close()
+
+        side.connecting = asyncio.get_running_loop().create_task(connect())
+        return side
+
+    return client_side
+
+
+async def _bare_forwarder(upstream: str) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(_bare_server(upstream), "127.0.0.1", 0)
+    print(f"{BARE_LINE} 127.0.0.1:{server.sockets[0].getsockname()[1]}", flush=True)
+    await asyncio.Event().wait()
 
 
 # -- the bench -----------------------------------------------------------------
@@ -275,17 +373,26 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1000.0, help="requests/s on each path")
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per run")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--bare-forwarder", metavar="HOST:PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.bare_forwarder:  # the reference forwarder's own process
+        uvloop.run(_bare_forwarder(args.bare_forwarder))
+        return
 
-    target = subprocess.Popen([*TARGET, "--port", "0"], stdout=subprocess.PIPE)
+    load_at_start = os.getloadavg()
+    target = subprocess.Popen([*TARGET, "--port", "0"], stdout=subprocess.PIPE, env=_ENV)
     proxy: subprocess.Popen[bytes] | None = None
+    bare: subprocess.Popen[bytes] | None = None
     try:
         target_url = _lines(target, "loadctl target listening on")[-1].split()[-1]
         upstream = target_url.split("//", 1)[1]
         proxy = subprocess.Popen(
             [*PROXY, "--listen", "127.0.0.1:0", "--upstream", upstream, "--api", "127.0.0.1:0"],
             stdout=subprocess.PIPE,
+            env=_ENV,
         )
+        bare = subprocess.Popen([*BARE, upstream], stdout=subprocess.PIPE, env=_ENV)
+        bare_listen = _lines(bare, BARE_LINE)[-1].split()[-1]
         lines = _lines(proxy, "loadctl chaos api listening on")
         listen = next(ln for ln in lines if ln.startswith("loadctl chaos proxy")).split()[6]
         api = lines[-1].split()[-1]
@@ -297,21 +404,29 @@ def main() -> None:
         with urllib.request.urlopen(req, timeout=5) as resp:
             toxic_listen = json.loads(resp.read())["listen"]
         _api(api, "POST", "/proxies/toxic/toxics", {"type": "latency"})
-        proxy_ps = psutil.Process(proxy.pid)
+        paths = {
+            "proxy": (listen, psutil.Process(proxy.pid)),
+            "toxic": (toxic_listen, psutil.Process(proxy.pid)),
+            "bare": (bare_listen, psutil.Process(bare.pid)),
+        }
 
         print(
             f"GET /health, {args.rate:g} RPS on each path, direct and through the proxy "
             f"interleaved; {args.duration:g}s x {args.rounds} rounds; {psutil.cpu_count()} CPUs; "
             "ms"
         )
-        rows: dict[str, list[tuple[Figures, Figures, Figures, float]]] = {"proxy": [], "toxic": []}
+        rows: dict[str, list[tuple[Figures, Figures, Figures, float]]] = {m: [] for m in paths}
         for r in range(args.rounds):
-            for mode, address in (("proxy", listen), ("toxic", toxic_listen)):
-                cpu0 = sum(proxy_ps.cpu_times()[:2])
+            for mode, (address, proxy_ps) in paths.items():
+                marks: list[float] = []
+
+                def mark(ps: psutil.Process = proxy_ps, marks: list[float] = marks) -> None:
+                    marks.append(sum(ps.cpu_times()[:2]))
+
                 direct, through, lag = uvloop.run(
-                    interleaved([upstream, address], args.rate, args.duration)
+                    interleaved([upstream, address], args.rate, args.duration, mark)
                 )
-                cpu = sum(proxy_ps.cpu_times()[:2]) - cpu0
+                cpu = marks[-1] - marks[0]
                 cpu_us = cpu / max(1, len(through.latencies_ms)) * 1e6
                 rows[mode].append((direct, through, lag, cpu_us))
                 print(
@@ -327,9 +442,17 @@ def main() -> None:
         def med(values: list[float]) -> float:
             return statistics.median(values)
 
+        def added(mode: str, q: float) -> float:
+            return med([t.pct(q) - d.pct(q) for d, t, _, _ in rows[mode]])
+
         print()
         print(f"{'(median of rounds)':>26}{'p50':>9}{'p90':>9}{'p99':>9}{'p99.9':>9}  CPU/req")
-        for mode, label in (("proxy", "through proxy, no toxic"), ("toxic", "0 ms latency toxic")):
+        labels = {
+            "proxy": "through proxy, no toxic",
+            "toxic": "0 ms latency toxic",
+            "bare": "bare forwarder",
+        }
+        for mode, label in labels.items():
             rs = rows[mode]
             direct_row = "".join(f"{med([d.pct(q) for d, _, _, _ in rs]):9.3f}" for q in QS)
             through_row = "".join(f"{med([t.pct(q) for _, t, _, _ in rs]):9.3f}" for q in QS)
@@ -337,26 +460,37 @@ def main() -> None:
             cpu = med([c for _, _, _, c in rs])
             print(f"{label:>26}{through_row}  {cpu:.0f} µs")
         print()
-        for mode, label in (("proxy", "no toxic"), ("toxic", "0 ms latency toxic")):
-            added = [t.pct(0.5) - d.pct(0.5) for d, t, _, _ in rows[mode]]
-            added99 = [t.pct(0.99) - d.pct(0.99) for d, t, _, _ in rows[mode]]
+        for mode, label in (
+            ("proxy", "no toxic"),
+            ("toxic", "0 ms latency toxic"),
+            ("bare", "(reference) bare forwarder"),
+        ):
             goal = ""
             if mode == "proxy":
-                met = med(added) < GOAL_ADDED_P50_MS
+                met = added(mode, 0.5) < GOAL_ADDED_P50_MS
                 goal = f" (goal < {GOAL_ADDED_P50_MS} ms: {'met' if met else 'NOT met'})"
             print(
-                f"added by the proxy, {label}: p50 {med(added):+.3f} ms{goal}, "
-                f"p99 {med(added99):+.3f} ms"
+                f"added by the proxy, {label}: p50 {added(mode, 0.5):+.3f} ms{goal}, "
+                f"p99 {added(mode, 0.99):+.3f} ms"
             )
-        micro_cpu, micro_wall = uvloop.run(in_process())
+        own_cpu = med([c for *_, c in rows["proxy"]]) - med([c for *_, c in rows["bare"]])
+        print(
+            "loadctl's own share (no toxic, less the bare forwarder): "
+            f"p50 {added('proxy', 0.5) - added('bare', 0.5):+.3f} ms, CPU {own_cpu:+.0f} µs/req"
+        )
+        micro = uvloop.run(in_process())
         print(
             "in one process (echo server, proxy and client on one loop, 20,000 round trips): "
-            f"the proxy adds {statistics.median(micro_cpu):.1f} µs CPU and "
-            f"{statistics.median(micro_wall):.1f} µs per round trip"
+            f"the proxy adds {med(micro['proxy'][0]):.1f} µs CPU and "
+            f"{med(micro['proxy'][1]):.1f} µs per round trip; the bare forwarder "
+            f"{med(micro['bare'][0]):.1f} µs CPU and {med(micro['bare'][1]):.1f} µs"
         )
-        print(f"load average: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+        print(
+            f"load average: {', '.join(f'{x:.1f}' for x in load_at_start)} at the start, "
+            f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} at the end (1, 5, 15 min)"
+        )
     finally:
-        for proc in (proxy, target):
+        for proc in (bare, proxy, target):
             if proc is not None and proc.poll() is None:
                 proc.terminate()
                 try:

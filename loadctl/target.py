@@ -25,15 +25,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import resource
-import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from loadctl.cli_support import (
+    BadOption,
+    OneLineCommand,
+    new_event_loop,
+    raise_fd_limit,
+    stop_on_signals,
+)
 from loadctl.target_spec import SPEC_EXAMPLES, Distribution, SpecError, parse_distribution
 from loadctl.target_state import MAX_WORKERS, TargetConfig, check_error_rate
 
@@ -41,6 +46,8 @@ if TYPE_CHECKING:
     from aiohttp import web
 
 __all__ = ["TargetConfig", "build_app", "serve", "start_target", "target_command"]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 LISTENING = "loadctl target listening on"
 BACKLOG = 4096  # a burst of new connections must not overflow the accept queue
@@ -90,10 +97,7 @@ async def serve(
 ) -> None:
     """Serve until `stop` is set or SIGTERM / SIGINT arrives."""
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, stop.set)
+    stop_on_signals(stop)
     async with start_target(config, host, port) as url:
         if on_listening is not None:
             on_listening(url)
@@ -103,30 +107,25 @@ async def serve(
 # -- the command --
 
 
-class BadOption(click.ClickException):
-    """A bad option value: shown as one "Error: ..." line, exit 2."""
+def _spec_option(flag: str, default: str, help_text: str) -> Callable[[_F], _F]:
+    """An option whose value is a latency SPEC, parsed into a Distribution."""
 
-    exit_code = 2
-
-
-class _OneLineCommand(click.Command):
-    """Report parse errors (bad values, unknown options) as one line, not usage text."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as exc:
-            raise BadOption(f"{exc.format_message()} (see 'loadctl target --help')") from None
-
-
-def _distribution(option: str) -> Callable[[click.Context, click.Parameter, str], Distribution]:
     def convert(ctx: click.Context, param: click.Parameter, value: str) -> Distribution:
         try:
             return parse_distribution(value)
         except SpecError as exc:
-            raise BadOption(f"{option}: {exc}") from None
+            raise BadOption(f"{flag}: {exc}") from None
 
-    return convert
+    return click.option(
+        flag, default=default, show_default=True, metavar="SPEC", callback=convert, help=help_text
+    )
+
+
+def _count_option(flag: str, low: int, metavar: str, help_text: str) -> Callable[[_F], _F]:
+    """An optional whole number from `low` to MAX_WORKERS (workers, queue places)."""
+    return click.option(
+        flag, type=click.IntRange(low, MAX_WORKERS), default=None, metavar=metavar, help=help_text
+    )
 
 
 def _error_rate(ctx: click.Context, param: click.Parameter, value: float) -> float:
@@ -136,28 +135,9 @@ def _error_rate(ctx: click.Context, param: click.Parameter, value: float) -> flo
         raise BadOption(f"--error-rate: {exc}") from None
 
 
-def _raise_fd_limit() -> None:
-    """Many concurrent clients need many sockets."""
-    with contextlib.suppress(ValueError, OSError):
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if hard == resource.RLIM_INFINITY or soft < hard:
-            resource.setrlimit(
-                resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 65536, hard)
-            )
-
-
-def _new_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency
-        return asyncio.new_event_loop()
-    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-    return loop
-
-
 @click.command(
     "target",
-    cls=_OneLineCommand,
+    cls=OneLineCommand,
     epilog=f"SPEC is one of {SPEC_EXAMPLES}. Everything can be changed at runtime with "
     'POST /_loadctl/config {"latency": SPEC, "error_rate": F, "stall_seconds": S, '
     '"workers": N, "service_time": SPEC, "queue_limit": Q}.',
@@ -170,14 +150,7 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     type=click.IntRange(0, 65535),
     help="Port to listen on; 0 picks a free one.",
 )
-@click.option(
-    "--latency",
-    default="0",
-    show_default=True,
-    metavar="SPEC",
-    callback=_distribution("--latency"),
-    help="Added latency of /api/* requests.",
-)
+@_spec_option("--latency", "0", "Added latency of /api/* requests.")
 @click.option(
     "--error-rate",
     default=0.0,
@@ -187,27 +160,18 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     callback=_error_rate,
     help="Probability (0..1) that an /api/* request answers 500.",
 )
-@click.option(
+@_count_option(
     "--workers",
-    type=click.IntRange(1, MAX_WORKERS),
-    default=None,
-    metavar="N",
-    help="Capacity model: N workers serve /api/* (capacity = N / mean service time).",
+    1,
+    "N",
+    "Capacity model: N workers serve /api/* (capacity = N / mean service time).",
 )
-@click.option(
-    "--service-time",
-    default="10ms",
-    show_default=True,
-    metavar="SPEC",
-    callback=_distribution("--service-time"),
-    help="Time a worker spends per request (with --workers).",
-)
-@click.option(
+@_spec_option("--service-time", "10ms", "Time a worker spends per request (with --workers).")
+@_count_option(
     "--queue-limit",
-    type=click.IntRange(0, MAX_WORKERS),
-    default=None,
-    metavar="Q",
-    help="With --workers: beyond Q waiting requests, answer 503 at once (default: unbounded).",
+    0,
+    "Q",
+    "With --workers: beyond Q waiting requests, answer 503 at once (default: unbounded).",
 )
 @click.option("--seed", type=int, default=None, help="Seed for latency and error sampling.")
 def target_command(
@@ -232,14 +196,14 @@ def target_command(
         queue_limit=queue_limit,
         seed=seed,
     )
-    _raise_fd_limit()
+    raise_fd_limit()
 
     def announce(url: str) -> None:
         click.echo(f"{LISTENING} {url}")
         sys.stdout.flush()
 
     try:
-        with asyncio.Runner(loop_factory=_new_loop) as runner:
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
             runner.run(serve(config, host, port, on_listening=announce))
     except socket.gaierror as exc:
         raise click.ClickException(

@@ -9,6 +9,10 @@
 The target listens on 127.0.0.1 on a free port (`--port 0`); its URL comes
 from the one line it prints on start. On exit it gets SIGTERM, then SIGKILL
 after 5 s.
+
+`spawned`, `read_lines` and `Spawned` (stderr_text, stop) serve every server
+the tests run as a subprocess: the target here, the chaos proxy in
+test_chaos_proxy.py.
 """
 
 from __future__ import annotations
@@ -23,9 +27,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 LISTENING = "loadctl target listening on "
 START_TIMEOUT = 10.0
@@ -44,12 +48,89 @@ class TargetStartError(RuntimeError):
     pass
 
 
+# -- any server run as a subprocess ----------------------------------------------
+
+
+class Spawned:
+    """What a test keeps of a server process: `proc`, and `_stderr`, the file
+    its stderr goes to (set by the dataclasses that use this)."""
+
+    proc: subprocess.Popen[bytes]
+    _stderr: IO[bytes] | None
+
+    def stderr_text(self) -> str:
+        """What the process wrote to stderr so far."""
+        if self._stderr is None:
+            return ""
+        self._stderr.flush()
+        self._stderr.seek(0)
+        return bytes(self._stderr.read()).decode(errors="replace")
+
+    def stop(self) -> int:
+        """SIGTERM, wait up to 5 s, then SIGKILL; return the exit code."""
+        return stop_process(self.proc)
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> int:
+    """SIGTERM, wait up to 5 s, then SIGKILL; return the exit code."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+@contextlib.contextmanager
+def spawned(command: Sequence[str]) -> Iterator[tuple[subprocess.Popen[bytes], IO[bytes]]]:
+    """Run `command` (stdin closed, stdout piped, stderr to a temporary file);
+    yield (process, stderr file). On exit: SIGTERM, then SIGKILL after 5 s."""
+    with tempfile.TemporaryFile() as stderr:
+        proc = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr
+        )
+        try:
+            yield proc, stderr
+        finally:
+            stop_process(proc)
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+
+def read_lines(proc: subprocess.Popen[bytes], until: str, timeout: float) -> list[str]:
+    """stdout lines (stripped) until one starts with `until` ("": the first
+    line), or until EOF or `timeout`."""
+    assert proc.stdout is not None
+    fd, buf, lines = proc.stdout.fileno(), b"", []
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while True:
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                lines.append(line.decode(errors="replace").strip())
+                if lines[-1].startswith(until):
+                    return lines
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not sel.select(remaining):
+                return lines
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                return lines
+            buf += chunk
+
+
+# -- the target ------------------------------------------------------------------
+
+
 @dataclass
-class TargetProcess:
+class TargetProcess(Spawned):
     url: str  # base URL, e.g. http://127.0.0.1:40123 (no trailing slash)
     proc: subprocess.Popen[bytes]
     args: tuple[str, ...] = ()
-    _stderr: Any = field(default=None, repr=False)
+    _stderr: IO[bytes] | None = field(default=None, repr=False)
 
     @property
     def host(self) -> str:
@@ -110,67 +191,21 @@ class TargetProcess:
         """GET /_loadctl/config."""
         return self._control("GET", "/_loadctl/config")
 
-    def stderr_text(self) -> str:
-        """What the target wrote to stderr so far."""
-        if self._stderr is None:
-            return ""
-        self._stderr.flush()
-        self._stderr.seek(0)
-        return bytes(self._stderr.read()).decode(errors="replace")
-
-    def stop(self) -> int:
-        """SIGTERM, wait up to 5 s, then SIGKILL; return the exit code."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-
-def _read_listening_line(proc: subprocess.Popen[bytes], timeout: float) -> str | None:
-    """Read stdout until the first newline (or EOF / timeout); None if none came."""
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    buf = b""
-    deadline = time.monotonic() + timeout
-    with selectors.DefaultSelector() as sel:
-        sel.register(fd, selectors.EVENT_READ)
-        while b"\n" not in buf:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not sel.select(remaining):
-                return None
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                return None
-            buf += chunk
-    return buf.split(b"\n", 1)[0].decode(errors="replace").strip()
-
 
 @contextlib.contextmanager
 def running_target(*args: str, start_timeout: float = START_TIMEOUT) -> Iterator[TargetProcess]:
     """Start `loadctl target --host 127.0.0.1 --port 0 *args`; yield a TargetProcess."""
-    with tempfile.TemporaryFile() as stderr:
-        proc = subprocess.Popen(
-            [*TARGET_COMMAND, "--host", "127.0.0.1", "--port", "0", *args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-        )
+    with spawned([*TARGET_COMMAND, "--host", "127.0.0.1", "--port", "0", *args]) as (
+        proc,
+        stderr,
+    ):
         target = TargetProcess(url="", proc=proc, args=args, _stderr=stderr)
-        try:
-            line = _read_listening_line(proc, start_timeout)
-            if line is None or not line.startswith(LISTENING):
-                target.stop()
-                raise TargetStartError(
-                    f"target {' '.join(args)!r} did not start (exit {proc.returncode}; "
-                    f"stdout {line!r}; stderr {target.stderr_text()!r})"
-                )
-            target.url = line[len(LISTENING) :].rstrip("/")
-            yield target
-        finally:
+        line = next(iter(read_lines(proc, "", start_timeout)), None)  # the first line
+        if line is None or not line.startswith(LISTENING):
             target.stop()
-            if proc.stdout is not None:
-                proc.stdout.close()
+            raise TargetStartError(
+                f"target {' '.join(args)!r} did not start (exit {proc.returncode}; "
+                f"stdout {line!r}; stderr {target.stderr_text()!r})"
+            )
+        target.url = line[len(LISTENING) :].rstrip("/")
+        yield target

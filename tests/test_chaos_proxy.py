@@ -11,21 +11,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import selectors
 import socket
 import statistics
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import IO, Any, ClassVar, TypeVar, cast
 
 import pytest
 import uvloop
@@ -37,8 +34,10 @@ from loadctl.agent.http import (
     HttpRequest,
     SendError,
 )
+from loadctl.chaos.proxy import Proxy, ProxyCollection
+from loadctl.chaos.toxics import toxic_from_json
 
-from target_process import TargetProcess, running_target
+from target_process import Spawned, TargetProcess, read_lines, running_target, spawned
 
 T = TypeVar("T")
 
@@ -55,12 +54,12 @@ API_LINE = "loadctl chaos api listening on "
 
 
 @dataclass
-class ChaosProcess:
+class ChaosProcess(Spawned):
     proc: subprocess.Popen[bytes]
     lines: list[str]
     api: str = ""  # http://127.0.0.1:PORT
     listens: dict[str, str] = field(default_factory=dict)  # proxy name -> HOST:PORT
-    _stderr: Any = None
+    _stderr: IO[bytes] | None = None
 
     @property
     def listen(self) -> str:
@@ -100,73 +99,24 @@ class ChaosProcess:
         assert 200 <= status < 300, (method, path, status, reply)
         return reply
 
-    def stderr_text(self) -> str:
-        if self._stderr is None:
-            return ""
-        self._stderr.flush()
-        self._stderr.seek(0)
-        return bytes(self._stderr.read()).decode(errors="replace")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-
-def _read_until(proc: subprocess.Popen[bytes], prefix: str, timeout: float) -> list[str]:
-    assert proc.stdout is not None
-    fd, buf, lines = proc.stdout.fileno(), b"", []
-    deadline = time.monotonic() + timeout
-    with selectors.DefaultSelector() as sel:
-        sel.register(fd, selectors.EVENT_READ)
-        while True:
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                lines.append(line.decode(errors="replace").strip())
-                if lines[-1].startswith(prefix):
-                    return lines
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not sel.select(remaining):
-                return lines
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                return lines
-            buf += chunk
-
 
 @contextlib.contextmanager
 def running_chaos(*args: str, timeout: float = 15.0) -> Iterator[ChaosProcess]:
     """`loadctl chaos proxy --api 127.0.0.1:0 *args`; yields once the API is up."""
-    with tempfile.TemporaryFile() as stderr:
-        proc = subprocess.Popen(
-            [*CHAOS_COMMAND, "--api", "127.0.0.1:0", *args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-        )
+    with spawned([*CHAOS_COMMAND, "--api", "127.0.0.1:0", *args]) as (proc, stderr):
         chaos = ChaosProcess(proc, [], _stderr=stderr)
-        try:
-            chaos.lines = _read_until(proc, API_LINE, timeout)
-            if not chaos.lines or not chaos.lines[-1].startswith(API_LINE):
-                chaos.stop()
-                raise RuntimeError(
-                    f"chaos proxy did not start: {chaos.lines!r} {chaos.stderr_text()!r}"
-                )
-            chaos.api = chaos.lines[-1][len(API_LINE) :]
-            for line in chaos.lines[:-1]:
-                # loadctl chaos proxy NAME listening on HOST:PORT (upstream ...)
-                words = line.split()
-                chaos.listens[words[3]] = words[6]
-            yield chaos
-        finally:
+        chaos.lines = read_lines(proc, API_LINE, timeout)
+        if not chaos.lines or not chaos.lines[-1].startswith(API_LINE):
             chaos.stop()
-            if proc.stdout is not None:
-                proc.stdout.close()
+            raise RuntimeError(
+                f"chaos proxy did not start: {chaos.lines!r} {chaos.stderr_text()!r}"
+            )
+        chaos.api = chaos.lines[-1][len(API_LINE) :]
+        for line in chaos.lines[:-1]:
+            # loadctl chaos proxy NAME listening on HOST:PORT (upstream ...)
+            words = line.split()
+            chaos.listens[words[3]] = words[6]
+        yield chaos
 
 
 # -- fixtures and helpers ------------------------------------------------------
@@ -495,6 +445,183 @@ def test_toxicity_is_the_share_of_connections_a_toxic_acts_on(chaos: ChaosProces
     seen = run(lambda: fresh_outcomes(chaos, 40, 1.5))
     assert set(seen) == {"200", "RequestTimeout"}
     assert 6 <= seen.count("200") <= 34, seen
+
+
+# -- in one process: the hot path, flow control, toxics on live links --------
+#
+# An echo (or a sink) upstream, the proxy and the client on one event loop, so
+# the links can be inspected.
+
+
+class _Echo(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+class _Sink(asyncio.Protocol):
+    """Keeps what it reads, and stops reading after its first read until
+    `transport.resume_reading()` (uvloop starts reading after connection_made,
+    so a pause there would not hold)."""
+
+    instances: ClassVar[list[_Sink]] = []
+
+    def __init__(self) -> None:
+        self.got = bytearray()
+        _Sink.instances.append(self)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.got:
+            self.transport.pause_reading()
+        self.got += data
+
+
+class _Collect(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.got = bytearray()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.got += data
+
+
+@contextlib.asynccontextmanager
+async def in_process_proxy(
+    upstream: Callable[[], asyncio.Protocol],
+) -> AsyncIterator[tuple[Proxy, int]]:
+    """(the proxy, its port) in front of a server of `upstream` protocols."""
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(upstream, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    proxies = ProxyCollection()
+    body = [{"name": "p", "listen": "127.0.0.1:0", "upstream": f"127.0.0.1:{port}"}]
+    [proxy] = await proxies.populate(body)
+    try:
+        yield proxy, int(proxy.listen.rsplit(":", 1)[1])
+    finally:
+        proxies.stop_all()
+        server.close()
+
+
+async def _until(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.002)
+
+
+def _nodelay(transport: asyncio.BaseTransport | None) -> int:
+    assert transport is not None
+    sock = transport.get_extra_info("socket")
+    return int(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+
+def test_no_toxic_forwards_from_protocol_to_transport_with_nodelay() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        async with in_process_proxy(_Echo) as (proxy, port):
+            transport, client = await loop.create_connection(_Collect, "127.0.0.1", port)
+            transport.write(b"ping")
+            await _until(lambda: bytes(client.got) == b"ping")
+            [conn] = proxy.connections
+            assert conn.up is not None and conn.down is not None
+            assert conn.up.direct and conn.down.direct
+            assert conn.up.pump is None and conn.down.pump is None
+            sides = (conn.client, conn.upstream)
+            assert [_nodelay(s.transport if s else None) for s in sides] == [1, 1]
+
+            # A toxic makes the link take the pipeline; removing it, the hot path again.
+            proxy.add_toxic(toxic_from_json({"type": "latency", "attributes": {"latency": 1}}))
+            assert not conn.down.direct and conn.up.direct
+            transport.write(b"pong")
+            await _until(lambda: bytes(client.got) == b"pingpong")
+            proxy.remove_toxic("latency_downstream")
+            await _until(lambda: conn.down is not None and conn.down.direct)
+            transport.close()
+
+    run(main)
+
+
+def test_toxics_coming_and_going_on_live_links_keep_every_byte_in_order() -> None:
+    """Records streamed both ways through an echo while toxics are added,
+    updated and removed on the live connection: every byte back, in order."""
+    toxics: list[dict[str, Any]] = [
+        {"type": "latency", "attributes": {"latency": 3, "jitter": 2}},
+        {"type": "slicer", "stream": "upstream", "attributes": {"average_size": 7, "delay": 200}},
+        {"type": "bandwidth", "attributes": {"rate": 2000}},
+        {"type": "latency", "name": "up", "stream": "upstream", "attributes": {"latency": 2}},
+    ]
+
+    async def main() -> tuple[bytes, bytes, bool]:
+        loop = asyncio.get_running_loop()
+        async with in_process_proxy(_Echo) as (proxy, port):
+            transport, client = await loop.create_connection(_Collect, "127.0.0.1", port)
+            sent = bytearray()
+            for i in range(600):
+                record = b"%06d:" % i + b"x" * (i % 37) + b";"
+                transport.write(record)  # the first before the upstream has answered
+                sent += record
+                step = i // 50
+                if i % 50 == 0 and step < len(toxics):
+                    proxy.add_toxic(toxic_from_json(toxics[step]))
+                elif i % 50 == 0 and step < 2 * len(toxics):
+                    name = proxy.toxics[0].name
+                    if step % 2:
+                        proxy.update_toxic(name, {"toxicity": 1.0})
+                    proxy.remove_toxic(name)
+                await asyncio.sleep(0.001 if i % 3 else 0)
+            await _until(lambda: len(client.got) >= len(sent), timeout=20)
+            [conn] = proxy.connections
+            assert conn.up is not None and conn.down is not None
+            await _until(lambda: conn.up is not None and conn.down is not None and conn.up.direct)
+            direct = conn.up.direct and conn.down.direct
+            transport.close()
+            return bytes(sent), bytes(client.got), direct
+
+    sent, got, direct = run(main)
+    assert got == sent
+    assert direct  # every toxic gone: back on the hot path
+
+
+def test_hot_path_flow_control_holds_a_fast_client_to_a_slow_upstream() -> None:
+    """An upstream that does not read: the proxy stops reading from the client
+    instead of buffering; once the upstream reads, everything arrives in order."""
+    data = bytes(range(256)) * (24 * 1024 * 1024 // 256)
+
+    async def main() -> tuple[int, bool, bool]:
+        loop = asyncio.get_running_loop()
+        _Sink.instances.clear()
+        async with in_process_proxy(_Sink) as (proxy, port):
+            transport, _ = await loop.create_connection(_Collect, "127.0.0.1", port)
+            transport.write(data)
+            await _until(lambda: len(proxy.connections) == 1 and len(_Sink.instances) == 1)
+            [conn] = proxy.connections
+            assert conn.client is not None and conn.client.transport is not None
+            assert conn.upstream is not None and conn.upstream.transport is not None
+            client_side, upstream_side = conn.client.transport, conn.upstream.transport
+            await _until(lambda: not client_side.is_reading())
+            await asyncio.sleep(0.1)
+            held = upstream_side.get_write_buffer_size()
+            still_paused = not client_side.is_reading()
+            direct = conn.up is not None and conn.up.direct
+            [sink] = _Sink.instances
+            sink.transport.resume_reading()
+            await _until(lambda: len(sink.got) >= len(data), timeout=30)
+            ok = bytes(sink.got) == data
+            transport.close()
+            return held, still_paused and direct, ok
+
+    held, paused, ok = run(main)
+    assert paused
+    assert held < 1024 * 1024, held  # a high-water mark and a read, not the 24 MB
+    assert ok
 
 
 # -- survival ------------------------------------------------------------------

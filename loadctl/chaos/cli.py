@@ -12,11 +12,8 @@ On start it prints one line per proxy, then the API's line last:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import resource
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,24 +22,17 @@ import click
 
 from loadctl.chaos.errors import ApiError
 from loadctl.chaos.proxy import ProxyCollection, join_address, split_address
+from loadctl.cli_support import (
+    BadOption,
+    OneLineCommand,
+    new_event_loop,
+    raise_fd_limit,
+    stop_on_signals,
+)
 
 PROXY_LINE = "loadctl chaos proxy"
 API_LINE = "loadctl chaos api listening on"
 DEFAULT_API = "127.0.0.1:8474"
-
-
-class BadOption(click.ClickException):
-    """A bad option value: one "Error: ..." line, exit 2."""
-
-    exit_code = 2
-
-
-class _OneLineCommand(click.Command):
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as exc:
-            raise BadOption(f"{exc.format_message()} (see 'loadctl chaos proxy --help')") from None
 
 
 def _address(option: str) -> Any:
@@ -78,22 +68,6 @@ def _read_config(path: Path) -> list[Any]:
     return data
 
 
-def _raise_fd_limit() -> None:
-    with contextlib.suppress(ValueError, OSError):
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if hard == resource.RLIM_INFINITY or soft < hard:
-            resource.setrlimit(
-                resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 65536, hard)
-            )
-
-
-def _new_loop() -> asyncio.AbstractEventLoop:
-    import uvloop
-
-    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-    return loop
-
-
 async def serve(
     proxies: list[Any], api: str, stop: asyncio.Event | None = None, announce: bool = True
 ) -> None:
@@ -103,10 +77,7 @@ async def serve(
     from loadctl.chaos.api import build_api
 
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, stop.set)
+    stop_on_signals(stop)
     collection = ProxyCollection()
     try:
         for proxy in await collection.populate(proxies):
@@ -139,7 +110,7 @@ def chaos_group() -> None:
 
 @chaos_group.command(
     "proxy",
-    cls=_OneLineCommand,
+    cls=OneLineCommand,
     epilog="Toxics: latency, bandwidth, slow_close, timeout, reset_peer, slicer, limit_data, "
     "and loss (a share of connections stalled or reset). Drive it with any Toxiproxy client "
     "or a scenario's chaos: list; see docs/chaos.md.",
@@ -188,9 +159,9 @@ def proxy_command(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(message)s",
     )
-    _raise_fd_limit()
+    raise_fd_limit()
     try:
-        with asyncio.Runner(loop_factory=_new_loop) as runner:
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
             runner.run(serve(proxies, api))
     except ApiError as err:
         hint = " (pick another port, or port 0 for a free one)" if err.status == 500 else ""

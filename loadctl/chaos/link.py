@@ -2,11 +2,12 @@
 destination transport, through the toxics of that direction.
 
 Design. The no-toxic case is the hot path and must cost next to nothing: a
-link with no active toxic, nothing queued and no pump running writes each
-read straight into the destination transport from `data_received` (no task,
-no copy, no timestamp), and flow control is the transports' own: when the
-destination's buffer passes its high-water mark, reading from the source
-pauses until it drains.
+link with no active toxic, nothing queued and no pump running is `direct`,
+and the source side's protocol writes each read straight into the
+destination transport from `data_received` (no task, no copy, no timestamp,
+no call into the link). Flow control is the transports' own: when the
+destination's buffer passes its high-water mark (`pause_writing`), reading
+from the source pauses until it drains (`resume_writing`).
 
 With toxics, each read becomes a timestamped `Chunk` in a queue, and one
 pump task per link feeds chunks in order through a chain of stages (one per
@@ -21,7 +22,9 @@ bytes, reading from the source pauses.
 Toxics change under live connections (added, updated, removed). A stage's
 sleeps are interruptible: when its toxic goes away or changes, a held chunk
 moves on at once, and chunks still queued take the new chain. When the chain
-is empty and the queue drains, the link returns to the hot path.
+is empty and the queue drains, the link returns to the hot path. Either way
+bytes keep their order: a read goes out directly only while nothing is queued
+or held, and everything goes into the one destination transport.
 """
 
 from __future__ import annotations
@@ -160,6 +163,9 @@ class Link:
         self.pump: asyncio.Task[None] | None = None
         self.dst_paused = False
         self.finished = False  # end of stream delivered, or the destination is gone
+        # No active toxic, nothing queued, no pump, not finished: reads may be
+        # written straight into `dst` (see _Side.data_received). Kept by _refresh.
+        self.direct = False
         self._drained: asyncio.Future[None] | None = None
         self._pause_reasons: set[str] = set()
         self._toxic = False
@@ -212,15 +218,19 @@ class Link:
             emit, emit_eof = stage.bind(emit, emit_eof)
         self._head, self._head_eof = emit, emit_eof
         self._toxic = bool(active)
+        self._refresh()
+
+    def _refresh(self) -> None:
+        self.direct = not (self.finished or self._toxic or self.pump is not None or self.queue)
 
     # -- bytes in (from the source side's protocol) --
 
     def feed(self, data: bytes) -> None:
-        if self.finished:
-            return
-        if not self._toxic and self.pump is None:
+        if self.direct:
             if not self.dst.is_closing():
-                self.dst.write(data)  # the hot path
+                self.dst.write(data)
+            return
+        if self.finished:
             return
         self.queue.append(Chunk(data, self.loop.time()))
         self.queued += len(data)
@@ -229,10 +239,10 @@ class Link:
         self._kick()
 
     def feed_eof(self) -> None:
-        if self.finished:
-            return
-        if not self._toxic and self.pump is None:
+        if self.direct:
             self._deliver_eof()
+            return
+        if self.finished:
             return
         self.queue.append(None)
         self._kick()
@@ -240,6 +250,7 @@ class Link:
     def _kick(self) -> None:
         if self.pump is None:
             self.pump = self.loop.create_task(self._run())
+            self.direct = False
 
     async def _run(self) -> None:
         try:
@@ -259,6 +270,7 @@ class Link:
             self.conn.close()
         finally:
             self.pump = None
+            self._refresh()
 
     # -- bytes out (the end of the chain) --
 
@@ -277,6 +289,7 @@ class Link:
         if self.finished:
             return
         self.finished = True
+        self.direct = False
         dst = self.dst
         if not dst.is_closing():
             if dst.can_write_eof():
@@ -305,14 +318,19 @@ class Link:
     def _resume(self, reason: str) -> None:
         if reason in self._pause_reasons:
             self._pause_reasons.discard(reason)
-            if not self._pause_reasons and not self.src.is_closing():
-                self.src.resume_reading()
+            self.resume_source()
+
+    def resume_source(self) -> None:
+        """Read from the source again, unless this link holds it paused."""
+        if not self._pause_reasons and not self.src.is_closing():
+            self.src.resume_reading()
 
     # -- the end --
 
     def drop(self) -> None:
         """The destination is gone (or the connection closes): nothing more goes out."""
         self.finished = True
+        self.direct = False
         self.queue.clear()
         self.queued = 0
         for stage in self.stages:

@@ -68,7 +68,11 @@ def join_address(host: str, port: int) -> str:
 
 class _Side(asyncio.Protocol):
     """One socket of a connection: what it reads goes into `reader` (the link
-    from it), its write-buffer marks steer `writer` (the link into it)."""
+    from it), its write-buffer marks steer `writer` (the link into it).
+
+    With no toxic on `reader` (`reader.direct`), a read is written straight
+    into the other socket's transport: the proxy's hot path. Both sockets
+    have TCP_NODELAY (uvloop and asyncio set it on every TCP transport)."""
 
     def __init__(self, conn: Connection, name: str) -> None:
         self.conn = conn
@@ -78,24 +82,45 @@ class _Side(asyncio.Protocol):
         self.writer: Link | None = None
         self.lost = False
         self._early: list[bytes | None] = []  # read before the links exist (None: EOF)
+        self._held = False  # reading paused until the links exist
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
-    def join(self, reader: Link, writer: Link) -> None:
-        self.reader, self.writer = reader, writer
-        for data in self._early:
+    def hold(self) -> None:
+        """Pause reading until `release` (the links do not exist yet)."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+        self._held = True
+
+    def release(self) -> None:
+        """The links exist: pass on what was read meanwhile, read again."""
+        reader = self.reader
+        assert reader is not None
+        early, self._early = self._early, []
+        for data in early:
             if data is None:
                 reader.feed_eof()
             else:
                 reader.feed(data)
-        self._early.clear()
+        if self._held:
+            self._held = False
+            reader.resume_source()
 
     def data_received(self, data: bytes) -> None:
-        if self.reader is not None:
-            self.reader.feed(data)
-        else:  # an upstream that speaks first (a greeting) before the links exist
+        reader = self.reader
+        if reader is None:
+            # Before the links exist: a client that speaks before the upstream
+            # answered (uvloop starts reading after connection_made, so the
+            # pause there does not hold), or an upstream's greeting.
             self._early.append(data)
+            self.hold()
+        elif reader.direct:
+            dst = reader.dst
+            if not dst.is_closing():
+                dst.write(data)
+        else:
+            reader.feed(data)
 
     def eof_received(self) -> bool:
         if self.reader is not None:
@@ -140,8 +165,8 @@ class Connection:
         self._connecting: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        assert self.client is not None and self.client.transport is not None
-        self.client.transport.pause_reading()
+        assert self.client is not None
+        self.client.hold()
         self.proxy.connections.add(self)
         self._connecting = asyncio.get_running_loop().create_task(self._connect())
 
@@ -173,12 +198,14 @@ class Connection:
         toxics = self.proxy.toxics
         self.up = Link(self, "upstream", client, transport, toxics)
         self.down = Link(self, "downstream", transport, client, toxics)
-        self.client.join(self.up, self.down)
-        side.join(self.down, self.up)
+        # Both sides know their links before either passes on early data, so
+        # flow control (pause_writing on either side) holds from the start.
+        self.client.reader, self.client.writer = self.up, self.down
+        side.reader, side.writer = self.down, self.up
+        self.client.release()
+        side.release()
         if side.lost:  # gone already
             self.side_lost(side)
-        if not self.closed:
-            client.resume_reading()
 
     def links(self) -> Iterable[Link]:
         return [link for link in (self.up, self.down) if link is not None]
