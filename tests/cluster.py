@@ -12,6 +12,7 @@ with `running_target`). Each run is bounded by `timeout`.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import tempfile
@@ -81,3 +82,21 @@ def run_scenario(
     result_file = out / "result.json"
     data = json.loads(result_file.read_text()) if result_file.exists() else {}
     return ClusterRun(proc.returncode, data, proc.stdout, proc.stderr, out)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def constant(target: str, rate: float, duration: float, **defaults: Any) -> dict[str, Any]:
+    """A one-phase constant-rate scenario of one GET against `target`."""
+    return {
+        "target": target,
+        "defaults": {"timeout": "5s", **defaults},
+        "requests": [{"name": "item", "path": "/api/inventory/items/7"}],
+        "phases": [{"executor": "constant-rate", "rate": rate, "duration": duration}],
+    }

@@ -24,12 +24,14 @@ import selectors
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any
+from socketserver import BaseServer
+from typing import IO, Any, TypeVar
 
 LISTENING = "loadctl target listening on "
 START_TIMEOUT = 10.0
@@ -209,3 +211,19 @@ def running_target(*args: str, start_timeout: float = START_TIMEOUT) -> Iterator
             )
         target.url = line[len(LISTENING) :].rstrip("/")
         yield target
+
+
+ServerT = TypeVar("ServerT", bound=BaseServer)
+
+
+@contextlib.contextmanager
+def serving(server: ServerT) -> Iterator[ServerT]:
+    """A small in-test HTTP server (say, one that records what it is sent), served
+    from a thread for the duration of the block."""
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -28,15 +28,10 @@ from loadctl.protocol.chaos import FaultWindow, chaos_of, parse_chaos
 from loadctl.protocol.fields import ScenarioError
 from loadctl.protocol.scenario import Scenario
 
+from cluster import free_port
 from test_chaos_proxy import CHAOS_COMMAND, ChaosProcess, running_chaos
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "chaos.yaml"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def connects(address: str) -> bool:

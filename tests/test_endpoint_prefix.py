@@ -14,7 +14,6 @@ import contextlib
 import http.server
 import threading
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,6 +23,7 @@ from loadctl.agent.engines import ENGINES, make_client
 from loadctl.agent.http import Endpoint, HttpRequest
 
 from cluster import run_scenario
+from target_process import serving
 
 
 # -- the rule ----------------------------------------------------------------------------------
@@ -105,16 +105,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@contextlib.contextmanager
-def recorder() -> Iterator[Recorder]:
-    server = Recorder()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
+def recorder() -> contextlib.AbstractContextManager[Recorder]:
+    return serving(Recorder())
 
 
 # -- the engines ---------------------------------------------------------------------------------

@@ -40,6 +40,8 @@ from loadctl.agent.http import (
     outcome_of_status,
 )
 
+from cluster import free_port
+
 T = TypeVar("T")
 
 
@@ -283,12 +285,6 @@ def wire_size(endpoint: Endpoint, path: str) -> int:
         while len(rest) < length:
             rest += sock.recv(65536)
         return len(head) + 4 + length
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def header(reply: Reply, name: str) -> str | None:

@@ -19,14 +19,12 @@ import http.server
 import json
 import random
 import re
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +40,9 @@ from loadctl.protocol.handover import MARGIN, Blocks, Epoch, users_between
 from loadctl.protocol.messages import Plan, Share
 from loadctl.protocol.scenario import Scenario
 from loadctl.protocol.segments import Stripe
+
+from cluster import free_port
+from target_process import serving
 
 TARGET = "http://127.0.0.1:9"
 NOTICE = 0.3  # the coordinator's SHARE_NOTICE
@@ -418,23 +419,8 @@ class _RecordingHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@contextlib.contextmanager
-def recording_target() -> Iterator[Recorder]:
-    server = Recorder()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+def recording_target() -> contextlib.AbstractContextManager[Recorder]:
+    return serving(Recorder())
 
 
 @pytest.mark.slow

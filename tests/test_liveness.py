@@ -15,7 +15,6 @@ import contextlib
 import json
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from typing import Any
 import pytest
 import yaml
 
+from cluster import constant, free_port
 from target_process import running_target
 
 pytestmark = pytest.mark.slow
@@ -129,23 +129,7 @@ def procs(launcher: Launcher | None = None) -> Iterator[Procs]:
             group.kill_all()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 # -- scenario, target, result -----------------------------------------------------------------
-def constant(target: str, rate: float, duration: float, **defaults: Any) -> dict[str, Any]:
-    return {
-        "target": target,
-        "defaults": {"timeout": "5s", **defaults},
-        "requests": [{"name": "item", "path": "/api/inventory/items/7"}],
-        "phases": [
-            {"name": "steady", "executor": "constant-rate", "rate": rate, "duration": duration}
-        ],
-    }
 
 
 def write_scenario(scenario: dict[str, Any], directory: Path) -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import time
 import urllib.error
@@ -16,16 +15,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from loadctl.coordinator.metrics import BUCKETS, _Buckets
 from loadctl.protocol.histogram import Histogram
 
-from cluster import LOADCTL, write_scenario
+from cluster import LOADCTL, free_port, write_scenario
 from target_process import running_target
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def scrape(port: int) -> Samples | None:

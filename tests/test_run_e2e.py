@@ -5,38 +5,20 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
 
-from cluster import LOADCTL, loadctl, run_scenario, write_scenario
+from cluster import LOADCTL, constant, free_port, loadctl, run_scenario, write_scenario
 from target_process import running_target
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def constant(target: str, rate: float, duration: float, **defaults: Any) -> dict[str, Any]:
-    return {
-        "target": target,
-        "defaults": {"timeout": "5s", **defaults},
-        "requests": [{"name": "item", "path": "/api/inventory/items/7"}],
-        "phases": [{"executor": "constant-rate", "rate": rate, "duration": duration}],
-    }
 
 
 def test_exact_counts_over_tcp_with_two_agents() -> None:
