@@ -23,8 +23,13 @@ from loadctl.protocol.messages import Message, Snapshot
 log = logging.getLogger("loadctl.agent")
 
 OUTBOX_LIMIT = 1200  # snapshots kept unacked: 20 minutes at 1 s intervals
-RESEND_AFTER = 2.0  # seconds an unacked snapshot waits before it is sent again,
-RESEND_MAX = 6.0  # doubling up to this: a busy coordinator is not flooded with copies
+# Seconds an unacked snapshot waits before it is sent again, doubling up to
+# RESEND_MAX. ZeroMQ loses nothing while a connection lives, so a missing ack
+# mostly means a coordinator busy merging (which acks what it has read, and
+# has not read this yet): copies would only add to its load. A reconnect, a
+# coordinator back from silence and the run's end resend sooner (`resend_due`).
+RESEND_AFTER = 2.0
+RESEND_MAX = 16.0
 
 
 class CoordinatorLink:
@@ -86,11 +91,13 @@ class CoordinatorLink:
         for seq in seqs:
             self.outbox.pop(seq, None)
 
-    async def resend_due(self, force: bool = False) -> int:
+    async def resend_due(self, force: bool = False, sent_before: float | None = None) -> int:
+        """Resend what is due; with `force`, everything unacked; with `sent_before`
+        (a monotonic time), also what was last sent before then."""
         now = time.monotonic()
         sent = 0
         for seq, (due, wait, data) in list(self.outbox.items()):
-            if force or now >= due:
+            if force or now >= due or (sent_before is not None and due - wait < sent_before):
                 wait = RESEND_AFTER if force else min(2 * wait, RESEND_MAX)
                 self.outbox[seq] = (now + wait, wait, data)
                 if not await self._send(data):

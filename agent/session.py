@@ -25,7 +25,7 @@ import psutil
 import zmq.asyncio
 
 from loadctl import __version__
-from loadctl.agent.link import CoordinatorLink
+from loadctl.agent.link import RESEND_AFTER, CoordinatorLink
 from loadctl.agent.pacer import wait_until
 from loadctl.agent.runner import Runner
 from loadctl.protocol.clock import ClockEstimate, ClockSample, estimate
@@ -344,6 +344,9 @@ class AgentSession:
         await self.link.send(
             Done(runner.plan.run_id, self.link.next_seq - 1, runner.engine_note or "")
         )
+        # what is still unacked from before the last interval goes again now, rather
+        # than after its back-off, which may be longer than the coordinator's drain
+        await self.link.resend_due(sent_before=time.monotonic() - RESEND_AFTER)
 
     async def _sink(
         self, interval: int, start: float, end: float, series: tuple[Series, ...]
