@@ -33,8 +33,11 @@ from loadctl.coordinator.timeline import Timeline
 from loadctl.protocol.codec import peek_snapshot
 from loadctl.protocol.messages import Ack, Heartbeat, Message, Snapshot
 
-MAX_WAITING = 16384  # messages taken off the socket and not yet handled
-MAX_WAITING_BYTES = 256 << 20  # their bytes: a thousand agents' snapshots are ~80 MiB
+# Messages taken off the socket and not yet handled, and their bytes: a thousand
+# agents' snapshots are ~80 MiB a second. What is not taken waits in ZeroMQ's
+# queue instead (the same memory), unacked, and its senders resend it.
+MAX_WAITING = 65536
+MAX_WAITING_BYTES = 1 << 30
 BATCH = 256  # messages handled between two looks at the clock
 
 SnapshotBatch = list[tuple[AgentRecord | None, bytes, Snapshot]]
