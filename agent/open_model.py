@@ -11,6 +11,7 @@ update may have moved the item to another agent meanwhile.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from typing import TYPE_CHECKING
 
@@ -22,8 +23,27 @@ _LATE = 0.05  # seconds behind schedule after which each send yields to the loop
 if TYPE_CHECKING:
     from loadctl.agent.runner import PhaseState, Runner
 
+_heap_frozen = False
+
+
+def freeze_heap_once() -> None:
+    """Once per process, when its first open-model phase starts (on the plan, before
+    the first arrival): move every object allocated so far — the imports, the plan —
+    to the collector's permanent generation. Otherwise the first full collection
+    comes due in the first tens of milliseconds of a burst (its tasks and futures
+    fill the young generations) and scans them all, sending nothing meanwhile:
+    ~47,000 objects, 38 ms of CPU on our 2-core test machine, and 150–170 ms of
+    stall per agent when that machine was loaded — the worst send lags of a
+    5,000 RPS burst. `gc.freeze()` is O(1); frozen objects are still freed by
+    reference counting, only cycles among them are never collected."""
+    global _heap_frozen
+    if not _heap_frozen:
+        _heap_frozen = True
+        gc.freeze()
+
 
 async def run_open_phase(runner: Runner, state: PhaseState) -> None:
+    freeze_heap_once()
     phase = state.phase
     curve = phase.rate
     assert curve is not None
