@@ -7,7 +7,8 @@ iteration in whole milliseconds — too coarse to time requests with).
 
 Interval i covers run time [i·I, (i+1)·I). It is cut a little after its end
 (`_CUT_DELAY`) so that arrivals due just before the boundary, which the pacer
-sends up to about a millisecond late, are still counted in it.
+sends a little after their time (a timerfd wake, see pacer.py), are still
+counted in it.
 """
 
 from __future__ import annotations
