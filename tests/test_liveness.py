@@ -111,6 +111,23 @@ class Procs:
         self.all.append(proc)
         return proc
 
+    def cluster(
+        self, scenario: dict[str, Any], agents: int, prefix: str, started: int | None = None
+    ) -> tuple[Proc, list[Proc], str, Path]:
+        """A coordinator for `agents` agents over TCP and `started` (default: all) of them,
+        ids `{prefix}-0`...: (coordinator, agents, endpoint, out directory)."""
+        path = write_scenario(scenario, self.directory)
+        endpoint = f"tcp://127.0.0.1:{free_port()}"
+        out = self.directory / "out"
+        coordinator = self.start(
+            "coordinator", coordinator_argv(path, agents, endpoint, out, "--wait", "30")
+        )
+        running = [
+            self.start(f"agent-{i}", agent_argv(endpoint, "--id", f"{prefix}-{i}"))
+            for i in range(agents if started is None else started)
+        ]
+        return coordinator, running, endpoint, out
+
     def kill_all(self) -> None:
         for p in self.all:
             p.kill()
@@ -284,15 +301,7 @@ def test_kill_9_agent_others_take_over_and_the_result_is_degraded() -> None:
     """kill -9 one of three agents mid-run: it is named lost, the others carry the full
     rate again within 3 s of the kill, the run still ends (exit 0) and says degraded."""
     with running_target() as target, procs() as group:
-        path = write_scenario(constant(target.url, RATE, DURATION), group.directory)
-        endpoint = f"tcp://127.0.0.1:{free_port()}"
-        out = group.directory / "out"
-        coordinator = group.start(
-            "coordinator", coordinator_argv(path, 3, endpoint, out, "--wait", "30")
-        )
-        agents = [
-            group.start(f"agent-{i}", agent_argv(endpoint, "--id", f"live-{i}")) for i in range(3)
-        ]
+        coordinator, agents, _, out = group.cluster(constant(target.url, RATE, DURATION), 3, "live")
         try:
             wait_for_total(target.url, int(RATE * 3.5), 40)  # mid-interval, 3.5 s in
             killed_at = agents[1].signal(signal.SIGKILL)
@@ -334,15 +343,7 @@ def test_kill_9_coordinator_agents_stop_within_the_deadman_time() -> None:
     """kill -9 the coordinator mid-run: no request reaches the target later than 3 s after
     the kill (the dead-man switch), and the agents say so on stderr."""
     with running_target() as target, procs() as group:
-        path = write_scenario(constant(target.url, RATE, 30), group.directory)
-        endpoint = f"tcp://127.0.0.1:{free_port()}"
-        coordinator = group.start(
-            "coordinator",
-            coordinator_argv(path, 2, endpoint, group.directory / "out", "--wait", "30"),
-        )
-        agents = [
-            group.start(f"agent-{i}", agent_argv(endpoint, "--id", f"orphan-{i}")) for i in range(2)
-        ]
+        coordinator, agents, _, _ = group.cluster(constant(target.url, RATE, 30), 2, "orphan")
         try:
             wait_for_total(target.url, int(RATE * 2.5), 40)
             killed_at = coordinator.signal(signal.SIGKILL)
@@ -376,15 +377,7 @@ def test_ctrl_c_on_the_coordinator_stops_agents_and_saves_a_partial_result() -> 
     """SIGINT to `loadctl coordinator` with two `loadctl agent` processes over TCP: the
     agents stop, the result is written marked interrupted with exact counts, exit 130."""
     with running_target() as target, procs() as group:
-        path = write_scenario(constant(target.url, 100, 30), group.directory)
-        endpoint = f"tcp://127.0.0.1:{free_port()}"
-        out = group.directory / "out"
-        coordinator = group.start(
-            "coordinator", coordinator_argv(path, 2, endpoint, out, "--wait", "30")
-        )
-        agents = [
-            group.start(f"agent-{i}", agent_argv(endpoint, "--id", f"int-{i}")) for i in range(2)
-        ]
+        coordinator, agents, _, out = group.cluster(constant(target.url, 100, 30), 2, "int")
         try:
             wait_for_total(target.url, 200, 40)
             interrupted_at = coordinator.signal(signal.SIGINT)
@@ -420,13 +413,9 @@ def test_agent_joining_mid_run_gets_a_share_and_counts_stay_exact() -> None:
     rate × duration == result arrivals == result requests == the target's count."""
     rate, duration = RATE, 14  # the joiner needs a few seconds to start on a busy machine
     with running_target() as target, procs() as group:
-        path = write_scenario(constant(target.url, rate, duration), group.directory)
-        endpoint = f"tcp://127.0.0.1:{free_port()}"
-        out = group.directory / "out"
-        coordinator = group.start(
-            "coordinator", coordinator_argv(path, 1, endpoint, out, "--wait", "30")
+        coordinator, (first,), endpoint, out = group.cluster(
+            constant(target.url, rate, duration), 1, "join"
         )
-        first = group.start("agent-first", agent_argv(endpoint, "--id", "join-a"))
         try:
             wait_for_total(target.url, rate, 40)  # one second into the run
             launched_at = time.time()
@@ -472,15 +461,9 @@ def test_frozen_agent_is_lost_then_returns_and_nothing_is_lost() -> None:
     between the freeze and the rebalance boundary, which nobody could send)."""
     rate, duration = RATE, 14
     with running_target() as target, procs() as group:
-        path = write_scenario(constant(target.url, rate, duration), group.directory)
-        endpoint = f"tcp://127.0.0.1:{free_port()}"
-        out = group.directory / "out"
-        coordinator = group.start(
-            "coordinator", coordinator_argv(path, 3, endpoint, out, "--wait", "30")
+        coordinator, agents, _, out = group.cluster(
+            constant(target.url, rate, duration), 3, "frozen"
         )
-        agents = [
-            group.start(f"agent-{i}", agent_argv(endpoint, "--id", f"frozen-{i}")) for i in range(3)
-        ]
         try:
             wait_for_total(target.url, int(rate * 2.5), 40)
             frozen_at = agents[1].signal(signal.SIGSTOP)
