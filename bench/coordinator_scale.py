@@ -130,8 +130,6 @@ def coordinator_main(
                     self.add_seconds += [share] * len(snapshots)
                     self.batches.append(len(snapshots))
 
-    batched = hasattr(Coordinator, "_on_snapshots")  # older coordinators: one at a time
-
     class BenchCoordinator(Coordinator):
         def __init__(self, *args: Any) -> None:
             super().__init__(*args)
@@ -149,12 +147,6 @@ def coordinator_main(
             t0 = time.thread_time()
             await super()._on_snapshots(batch, *args)  # type: ignore[misc]
             self._record([s for _, _, s in batch], time.thread_time() - t0)
-
-        async def _on_snapshot(self, agent: Any, identity: bytes, snapshot: Snapshot) -> None:
-            t0 = time.thread_time()
-            await super()._on_snapshot(agent, identity, snapshot)
-            if not batched:
-                self._record([snapshot], time.thread_time() - t0)
 
     gc_pauses: list[tuple[int, float]] = []  # (generation, seconds) of each collection
     gc_started = [0.0]

@@ -115,7 +115,7 @@ class Intake:
 
     async def _handle(self, count: int) -> None:
         snapshots: SnapshotBatch = []
-        acked_now: list[int] = []  # positions in `snapshots` acked on arrival
+        acked_now: set[int] = set()  # positions in `snapshots` acked on arrival
         for _ in range(count):
             raw, acked = self.waiting.popleft()
             self.waiting_bytes -= len(raw[-1])
@@ -128,12 +128,12 @@ class Intake:
             agent = self.registry.by_identity(identity)
             if type(message) is Snapshot:
                 if acked is not None:
-                    acked_now.append(len(snapshots))
+                    acked_now.add(len(snapshots))
                 snapshots.append((agent, identity, message))
                 continue
             if snapshots and type(message) is not Heartbeat:
                 await self.on_snapshots(snapshots, acked_now)  # before what may depend on them
-                snapshots, acked_now = [], []
+                snapshots, acked_now = [], set()
             handler = self.handlers.get(type(message))
             if handler is None:
                 await self.on_unexpected(identity, message)

@@ -133,7 +133,6 @@ class Coordinator:
             Ping: self._on_ping,
             Ready: self._on_ready,
             Started: self._on_started,
-            Snapshot: self._on_snapshot,
             Heartbeat: self._on_heartbeat,
             Done: self._on_done,
             Error: self._on_error,
@@ -508,15 +507,10 @@ class Coordinator:
         if agent is not None and started.run_id == self.run_id:
             agent.started_at = started.started_at
 
-    async def _on_snapshot(
-        self, agent: AgentRecord | None, identity: bytes, snapshot: Snapshot
-    ) -> None:
-        await self._on_snapshots([(agent, identity, snapshot)])
-
     async def _on_snapshots(
         self,
         batch: list[tuple[AgentRecord | None, bytes, Snapshot]],
-        acked: Collection[int] = (),
+        acked: Collection[int],
     ) -> None:
         """Snapshots received together: each checked and acked in turn (but those at
         the positions `acked`, acked on arrival), then merged together

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import resource
 import signal
 import sys
 from pathlib import Path
@@ -13,18 +12,9 @@ from pathlib import Path
 import click
 
 from loadctl import exits
+from loadctl.cli_support import raise_open_files_limit
 from loadctl.endpoints import check_endpoint, is_local
 from loadctl.logs import setup_logging
-
-
-def raise_open_files_limit(wanted: int = 65536) -> tuple[int, int]:
-    """Raise RLIMIT_NOFILE toward `wanted` (1,000 users need 1,000+ sockets)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = min(wanted, hard) if hard != resource.RLIM_INFINITY else wanted
-    if soft < target:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)
 
 
 def _security(keys: Path | None, name: str | None, insecure: bool, endpoint: str) -> object:

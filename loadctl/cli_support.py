@@ -1,5 +1,5 @@
 """What the commands that serve until stopped (`loadctl target`, `loadctl
-chaos proxy`) share: option mistakes as one line, a raised open-file limit,
+chaos proxy`) share: option mistakes as one line, a raised open-file limit (the agent's too),
 a uvloop event loop, and SIGTERM / SIGINT as a clean stop.
 
 Each of those commands also runs on its own (tests and benches start them
@@ -34,14 +34,15 @@ class OneLineCommand(click.Command):
             raise BadOption(f"{exc.format_message()} (see '{ctx.command_path} --help')") from None
 
 
-def raise_fd_limit() -> None:
-    """Many concurrent clients need many sockets: the soft limit up to the hard one."""
-    with contextlib.suppress(ValueError, OSError):
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if hard == resource.RLIM_INFINITY or soft < hard:
-            resource.setrlimit(
-                resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 65536, hard)
-            )
+def raise_open_files_limit(wanted: int = 65536) -> tuple[int, int]:
+    """Raise RLIMIT_NOFILE's soft limit toward `wanted` (1,000 users, or as many
+    clients, need 1,000+ sockets); returns the limits now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = min(wanted, hard) if hard != resource.RLIM_INFINITY else wanted
+    if soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

@@ -36,7 +36,7 @@ from loadctl.cli_support import (
     BadOption,
     OneLineCommand,
     new_event_loop,
-    raise_fd_limit,
+    raise_open_files_limit,
     stop_on_signals,
 )
 from loadctl.target_spec import SPEC_EXAMPLES, Distribution, SpecError, parse_distribution
@@ -196,7 +196,7 @@ def target_command(
         queue_limit=queue_limit,
         seed=seed,
     )
-    raise_fd_limit()
+    raise_open_files_limit()
 
     def announce(url: str) -> None:
         click.echo(f"{LISTENING} {url}")

@@ -26,7 +26,7 @@ from loadctl.cli_support import (
     BadOption,
     OneLineCommand,
     new_event_loop,
-    raise_fd_limit,
+    raise_open_files_limit,
     stop_on_signals,
 )
 
@@ -159,7 +159,7 @@ def proxy_command(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(message)s",
     )
-    raise_fd_limit()
+    raise_open_files_limit()
     try:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
             runner.run(serve(proxies, api))
