@@ -24,6 +24,7 @@ from loadctl import exits
 from loadctl.protocol.fields import ScenarioError, parse_duration
 from loadctl.protocol.scenario import Scenario
 from loadctl.protocol.thresholds import LATENCY_METRICS, RATE_METRICS, Threshold, parse_expression
+from loadctl.run_cmd import metrics_option, out_option
 
 
 def check_slo(t: Threshold) -> str | None:
@@ -147,22 +148,9 @@ def _slos(texts: tuple[str, ...], scenario_thresholds: tuple[Threshold, ...]) ->
     show_default=True,
     help="Time budget for the whole search.",
 )
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Result directory (default: loadctl-results/<time>-<run>).",
-)
+@out_option
 @click.option("--quiet", is_flag=True, help="Print only the results, not each step.")
-@click.option(
-    "--metrics-port",
-    "metrics_port",
-    default="9646",
-    show_default=True,
-    metavar="[HOST:]PORT",
-    help="Serve Prometheus /metrics during the run here (0: off).",
-)
+@metrics_option
 @click.option("-v", "--verbose", is_flag=True)
 def capacity_command(
     scenario: str,
