@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from loadctl.agent.pacer import wait_until
 from loadctl.target_spec import (
     MAX_SECONDS,
     TEN_MS,
@@ -192,11 +193,7 @@ class Counters:
 
 
 async def sleep_for(seconds: float) -> None:
-    """Sleep at least `seconds` (never early, ~1 ms late at most on an idle loop).
-
-    uvloop rounds timers to whole milliseconds and may fire up to ~1 ms early
-    against the wall clock, so top up until the deadline has really passed.
-    """
+    """Sleep at least `seconds` (never early, a few tens of microseconds late on an idle loop)."""
     if seconds > 0:
         await sleep_until(time.monotonic() + seconds)
 
@@ -204,12 +201,16 @@ async def sleep_for(seconds: float) -> None:
 async def sleep_until(deadline: float) -> None:
     """Sleep until time.monotonic() ≥ deadline, a few tens of microseconds late at most.
 
-    A timer is trusted only up to ~1.5 ms before the deadline (uvloop's whole-millisecond
-    timers would otherwise overshoot by up to a millisecond, and a "20 ms" target would
-    answer in 21); the rest is spent yielding to the loop, which keeps serving others.
+    uvloop's timers are whole milliseconds (a "20 ms" target would answer in 21), and
+    topping them up by yielding to the loop spins: at 3,000 requests a second with 10 ms
+    of latency a few dozen sleepers spun at any moment and the target ran out of CPU. So
+    the wait goes to the agent's pacer, one timerfd per loop with ns resolution
+    (`loadctl.agent.pacer`). time.monotonic and perf_counter are both CLOCK_MONOTONIC
+    on Linux; elsewhere the pacer falls back to its own timer-then-yield wait.
     """
-    while (remaining := deadline - time.monotonic()) > 0:
-        await asyncio.sleep(remaining - 0.0015 if remaining > 0.0015 else 0)
+    remaining = deadline - time.monotonic()
+    if remaining > 0:
+        await wait_until(time.perf_counter() + remaining)
 
 
 class Gate:
