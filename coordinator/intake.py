@@ -106,7 +106,7 @@ class Intake:
                     if run_id == self.run_id and agent.alive:
                         key = (agent_id, seq)
                         if key in self._acked or self.timeline.seen(agent_id, seq):
-                            self.timeline.duplicates += 1  # as Timeline.add counts them
+                            self.timeline.drop_duplicate()
                             return
                         self._acked.add(key)
                         acked = key

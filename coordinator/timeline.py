@@ -210,6 +210,11 @@ class Timeline:
         seen = self._seen.get(agent_id)
         return seen is not None and seq in seen
 
+    def drop_duplicate(self) -> None:
+        """Count a resent snapshot that was dropped before reaching `add` (still waiting
+        or already merged: the intake tells from its first bytes)."""
+        self.duplicates += 1
+
     def add(self, snapshot: Snapshot) -> bool:
         """Merge a snapshot; False if it was a duplicate. Raises ValueError if malformed."""
         merged = self._add(snapshot)
