@@ -712,9 +712,10 @@ def run_size(
 def reference() -> tuple[float, float]:
     """This machine's speed now, measured in the parent: a pure-Python loop, and the
     coordinator's snapshot path alone (codec.decode, then Timeline.add_many in
-    batches of 50, as a burst arrives), in CPU µs per snapshot (medians)."""
+    chunks of MERGE_CHUNK, as the intake merges a burst), in CPU µs per snapshot (medians)."""
     import timeit
 
+    from loadctl.coordinator.intake import MERGE_CHUNK
     from loadctl.coordinator.timeline import Timeline
     from loadctl.protocol.codec import decode
 
@@ -729,11 +730,12 @@ def reference() -> tuple[float, float]:
             frames.frame(run, ids[a], interval + 1, interval, 1.7e9 + interval, a + interval)[0]
             for a in range(len(ids))
         ]
-        for k in range(0, len(burst), 50):
+        for k in range(0, len(burst), MERGE_CHUNK):
+            part = burst[k : k + MERGE_CHUNK]
             t0 = time.thread_time()
-            timeline.add_many([decode(f) for f in burst[k : k + 50]])  # type: ignore[misc]
-            per.append((time.thread_time() - t0) / 50)
-    return python_us, statistics.median(per[8:]) * 1e6  # warm: after the first intervals
+            timeline.add_many([decode(f) for f in part])  # type: ignore[misc]
+            per.append((time.thread_time() - t0) / len(part))
+    return python_us, statistics.median(per[len(per) // 3 :]) * 1e6  # warm: after 2 intervals
 
 
 def main() -> None:
