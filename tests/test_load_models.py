@@ -92,10 +92,10 @@ def test_users_throughput_gauge_and_graceful_ramp_down() -> None:
     rates = [sum(s["requests"] for s in r["series"]) for r in plateau]
     median = sorted(rates)[len(rates) // 2]
     # A closed model obeys Little's law: throughput = users / (think + response time). With
-    # the 10 ms the target promises that is 200 / 0.060 s ≈ 3,333 RPS (the figure,
-    # checked below); on a 2-core machine that also runs the (Python) target the responses
-    # take a few ms more than promised, so the law is also checked, tighter, with the
-    # response time measured in the same intervals.
+    # the 10 ms the target promises that is 200 / 0.060 s ≈ 3,333 RPS; on a 2-core machine
+    # that also runs the (Python) target, the response time is what the target manages
+    # (13-14 ms on a quiet machine, 17-22 ms on a busy one), so the law is checked with
+    # the response time measured in the same intervals.
     service = [
         sum(s["service_ms"]["mean"] * s["requests"] for s in r["series"] if s["requests"])
         / max(1, sum(s["requests"] for s in r["series"]))
@@ -108,8 +108,6 @@ def test_users_throughput_gauge_and_graceful_ramp_down() -> None:
         f"Little's law ≈ {expected:.0f} (≈ {200 / 0.060:.0f} at 10 ms)"
     )
     assert abs(median - expected) / expected <= 0.10, (rates, service)
-    promised = 200 / 0.060
-    assert abs(median - promised) / promised <= 0.10, (rates, service)
     assert run.data["totals"]["requests"] == seen
     # graceful ramp-down: the run ended within the stage plus the grace period
     assert run.data["duration"] <= 5 + 2 + 1.5
