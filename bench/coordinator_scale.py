@@ -242,6 +242,11 @@ class SnapshotFrames:
         self.slots: list[int] = []
         self.sizes: list[int] = []
         self.packer = msgpack.Packer(use_bin_type=True)
+        from loadctl.protocol.messages import PROTOCOL_VERSION, Snapshot
+
+        # [version, type (Snapshot), [11 fields]]: a fixarray of 3, then one of 11
+        self.header = b"\x93" + self.packer.pack(PROTOCOL_VERSION) + self.packer.pack(Snapshot.TYPE)
+        self.header += b"\x9b"
         for _ in range(VARIANTS):
             series = make_series_variant(rng)
             blob = self.packer.pack(
@@ -262,7 +267,7 @@ class SnapshotFrames:
                 ]
             )
             self.variants.append((blob, sum(s.arrivals for s in series)))
-            self.slots.extend(int(s.latency["n"]) for s in series)
+            self.slots.extend(int(s.latency[0]) for s in series)  # n, the first field
             self._series = series
         self._check(rng)
 
@@ -273,7 +278,7 @@ class SnapshotFrames:
         p = self.packer.pack
         frame = b"".join(
             (
-                b"\x93\x01\x07\x9b",  # [version 1, type 7 (Snapshot), [11 fields]]
+                self.header,
                 run_id,
                 agent,
                 p(seq),

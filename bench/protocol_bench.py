@@ -76,7 +76,7 @@ def bench_snapshots(rng: np.random.Generator) -> None:
         for v in np.rint(values).astype(np.int64).tolist():
             ref.record_value(v)
         refs.append(ref)
-    slots = statistics.mean(int(h.to_wire()["n"]) for h in ours)
+    slots = statistics.mean(int(h.to_wire()[0]) for h in ours)  # n, the first field
     print(
         f"snapshot of {HISTOGRAMS_PER_SNAPSHOT} histograms, "
         f"~{slots:.0f} non-empty slots each (msgpack included)"

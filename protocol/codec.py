@@ -90,6 +90,14 @@ def _float(value: Any) -> float:
     raise _fail(value, "float")
 
 
+def _container(tp: Any) -> type:
+    """The builtin container an opaque field must be (list for `list[Any]`)."""
+    kind = typing.get_origin(tp) or tp
+    if kind not in (list, dict):
+        raise TypeError(f"an opaque field is a list or a dict, not {tp!r}")
+    return kind  # type: ignore[no-any-return]
+
+
 def _exact(kind: type) -> _Converter:
     def convert(value: Any) -> Any:
         if type(value) is not kind:
@@ -194,10 +202,10 @@ def _converter_for(tp: Any) -> _Converter:
         return _sequence(_converter_for(args[0]))
     if origin is typing.Annotated:
         if OPAQUE in args[1:]:
-            # The receiver validates every key and value (Histogram wire forms, checked
-            # by decode_wire before any merge); walking them here too would double
-            # the cost of the coordinator's hottest path.
-            return _exact(dict)
+            # The receiver validates every field (Histogram wire forms, checked by
+            # decode_wire before any merge); walking them here too would double the
+            # cost of the coordinator's hottest path. Only the container is checked.
+            return _exact(_container(args[0]))
         return _converter_for(args[0])
     if origin is dict:
         return _mapping(_converter_for(args[0]), _converter_for(args[1]))
@@ -251,7 +259,7 @@ def _fast_field(tp: Any, v: str, ns: dict[str, Any], made: dict[type, _Converter
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is typing.Annotated:
         if OPAQUE in args[1:]:
-            return [f"    if type({v}) is not dict:", "        raise _F"]
+            return [f"    if type({v}) is not {_container(args[0]).__name__}:", "        raise _F"]
         return _fast_field(args[0], v, ns, made)
     if tp in _INLINE_CHECKS:
         return [f"    if type({v}) is not {_INLINE_CHECKS[tp]}:", "        raise _F"]

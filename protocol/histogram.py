@@ -8,7 +8,7 @@ always imported them."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,7 @@ from loadctl.protocol.hdr_layout import (
 from loadctl.protocol.histogram_wire import (
     _COUNT_DTYPES,
     _INDEX_DTYPES,
+    WIRE_FIELDS,
     HistogramWireError,
     WireBatch,
     WireParts,
@@ -49,6 +50,7 @@ __all__ = [
     "SLOT_HIGHEST",
     "SLOT_LOWEST",
     "SLOT_MIDDLE",
+    "WIRE_FIELDS",
     "Histogram",
     "HistogramWireError",
     "WireBatch",
@@ -350,9 +352,10 @@ class Histogram:
 
     # -- sparse wire form --------------------------------------------------
 
-    def to_wire(self) -> dict[str, int | bytes]:
-        """Sparse wire form (see the module comment). Indices are always written
-        as uint16 deltas: COUNTS_LEN < 2^16, so every delta fits."""
+    def to_wire(self) -> list[int | bytes]:
+        """Sparse wire form: a list, fields in the order of WIRE_FIELDS (see
+        histogram_wire). Indices are always written as uint16 deltas: COUNTS_LEN <
+        2^16, so every delta fits."""
         nz = self._slots()
         n = int(nz.size)
         deltas = np.empty(n, dtype=_INDEX_DTYPES[2])
@@ -363,25 +366,26 @@ class Histogram:
             c = self._counts[nz]
             cmax = int(c.max())
         cw = 1 if cmax <= 0xFF else 2 if cmax <= 0xFFFF else 4 if cmax <= 0xFFFFFFFF else 8
-        return {
-            "n": n,
-            "iw": 2,
-            "i": deltas.tobytes(),
-            "cw": cw,
-            "c": c.astype(_COUNT_DTYPES[cw]).tobytes() if n else b"",
-            "count": self._count,
-            "overflow": self._overflow,
-            "min": self._min,
-            "max": self._max,
-        }
+        counts = c.astype(_COUNT_DTYPES[cw]).tobytes() if n else b""
+        return [
+            n,
+            2,
+            deltas.tobytes(),
+            cw,
+            counts,
+            self._count,
+            self._overflow,
+            self._min,
+            self._max,
+        ]
 
     @classmethod
-    def from_wire(cls, d: Mapping[str, Any]) -> Histogram:
+    def from_wire(cls, d: Sequence[Any]) -> Histogram:
         h = cls()
         h.add_wire(d)
         return h
 
-    def add_wire(self, d: Mapping[str, Any]) -> None:
+    def add_wire(self, d: Sequence[Any]) -> None:
         """Merge a wire form into self; HistogramWireError (self unchanged) if malformed."""
         self.add_parts(decode_wire(d))
 

@@ -1,9 +1,13 @@
-# Wire form (to_wire / add_wire): sparse, for msgpack snapshots. Keys:
+# Wire form (to_wire / add_wire): sparse, for msgpack snapshots. A list of nine
+# fields, in the order of WIRE_FIELDS:
 #   n         number of non-empty slots
 #   iw, i     index width in bytes (2 = '<u2', 4 = '<u4') and the slot indices,
 #             delta encoded (first delta is the first index), little endian
 #   cw, c     count width in bytes (1, 2, 4 or 8) and the counts, little endian
 #   count     total count including overflow; overflow; min; max (exact values)
+# A list, not a map: a snapshot carries thirty of them, and msgpack spent more
+# time decoding their nine string keys than their slots (73 against 24 µs per
+# snapshot, protocol 1 against 2).
 # Decoding validates every field before touching the target histogram and raises
 # HistogramWireError (a ValueError) and nothing else on malformed input.
 """The sparse wire form of a histogram: validating decoders (one or many at once)
@@ -12,7 +16,7 @@ and the batched merge into the rows of a block."""
 from __future__ import annotations
 
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from itertools import accumulate, chain, compress, groupby
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +40,7 @@ class HistogramWireError(ValueError):
     """A wire or HdrHistogram encoding is malformed; the target is unchanged."""
 
 
-_WIRE_KEYS = frozenset(("n", "iw", "i", "cw", "c", "count", "overflow", "min", "max"))
+WIRE_FIELDS = ("n", "iw", "i", "cw", "c", "count", "overflow", "min", "max")
 _INDEX_DTYPES: dict[int, np.dtype[Any]] = {2: np.dtype("<u2"), 4: np.dtype("<u4")}
 _COUNT_DTYPES: dict[int, np.dtype[Any]] = {
     1: np.dtype("u1"),
@@ -53,24 +57,11 @@ def _fail(msg: str) -> HistogramWireError:
 WireParts = tuple[npt.NDArray[np.int64], npt.NDArray[Any], int, int, int, int]
 
 
-def decode_wire(d: Mapping[str, Any]) -> WireParts:
+def decode_wire(d: Sequence[Any]) -> WireParts:
     """Validate a wire form; (indices, counts, count, overflow, min, max)."""
-    if type(d) is not dict:
-        if not isinstance(d, Mapping):
-            raise _fail(f"expected a mapping, got {type(d).__name__}")
-        try:
-            d = dict(d)
-        except Exception as e:  # a broken Mapping implementation
-            raise _fail(str(e)) from e
-    try:  # nine keys, all of them ours: exactly our keys
-        n, iw, cw, count, overflow, mn, mx = (
-            d["n"], d["iw"], d["cw"], d["count"], d["overflow"], d["min"], d["max"]
-        )  # fmt: skip
-        ib, cb = d["i"], d["c"]
-    except KeyError as e:
-        raise _fail(f"missing key {e}") from None
-    if len(d) != len(_WIRE_KEYS):
-        raise _fail(f"keys must be {sorted(_WIRE_KEYS)}")
+    if type(d) not in _SEQUENCES or len(d) != len(WIRE_FIELDS):
+        raise _fail(f"expected a list of the {len(WIRE_FIELDS)} fields {', '.join(WIRE_FIELDS)}")
+    n, iw, ib, cw, cb, count, overflow, mn, mx = d
     if not (
         type(n) is int
         and type(count) is int
@@ -207,13 +198,9 @@ def decode_wires(wires: Sequence[Any]) -> WireBatch:
     column in builtins (a snapshot batch holds thousands of histograms)."""
     if not wires:
         return WireBatch(_NO_DELTAS, _NO_STARTS, _NO_SLOTS, _NO_COUNTS, [], [])
-    if set(map(type, wires)) != _DICT or set(map(len, wires)) != _NINE:
+    if set(map(type, wires)) != _LIST or set(map(len, wires)) != _NINE:
         return _decode_each(wires)
-    try:
-        columns = tuple(zip(*map(_WIRE_GET, wires), strict=True))
-    except KeyError:  # nine keys, all of them ours: exactly our keys
-        return _decode_each(wires)
-    ns, iws, cws, counts, overflows, mins, maxs, ibs, cbs = columns
+    ns, iws, ibs, cws, cbs, counts, overflows, mins, maxs = zip(*wires, strict=True)
     if not (
         set(map(type, chain(ns, iws, cws, counts, overflows, mins, maxs))) == _INT
         and set(map(type, chain(ibs, cbs))) == _BYTES
@@ -282,9 +269,9 @@ def decode_wires(wires: Sequence[Any]) -> WireBatch:
     return WireBatch(deltas, at, lasts, cnt, lengths, scalars)
 
 
-_WIRE_GET = operator.itemgetter("n", "iw", "cw", "count", "overflow", "min", "max", "i", "c")
 _FIRST, _SECOND = operator.itemgetter(0), operator.itemgetter(1)
-_DICT, _INT, _BYTES = frozenset((dict,)), frozenset((int,)), frozenset((bytes,))
+_LIST, _INT, _BYTES = frozenset((list,)), frozenset((int,)), frozenset((bytes,))
+_SEQUENCES = (list, tuple)
 _NINE, _TWO, _CW_FAST = frozenset((9,)), frozenset((2,)), frozenset((1, 2, 4))
 
 

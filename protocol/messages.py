@@ -18,12 +18,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar
 
-PROTOCOL_VERSION = 1
+# 2: histograms' wire forms are lists of their nine fields, not maps (histogram_wire)
+PROTOCOL_VERSION = 2
 
 # A histogram in its sparse wire form (see Histogram.to_wire). The codec checks
-# only that it is a map: Histogram's decode_wire validates it completely.
+# only that it is a list: Histogram's decode_wire validates it completely.
 OPAQUE = "opaque"
-WireHistogram = Annotated[dict[str, Any], OPAQUE]
+WireHistogram = Annotated[list[Any], OPAQUE]
 
 
 @dataclass(frozen=True, slots=True)

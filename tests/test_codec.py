@@ -128,6 +128,8 @@ def strategy_for(tp: Any) -> st.SearchStrategy[Any]:
         return st.lists(strategy_for(args[0]), max_size=3).map(tuple)
     if origin is dict:
         return st.dictionaries(strategy_for(args[0]), strategy_for(args[1]), max_size=3)
+    if origin is list:
+        return st.lists(strategy_for(args[0]), max_size=3)
     raise AssertionError(f"no test strategy for {tp!r}: extend strategy_for")
 
 
@@ -165,6 +167,10 @@ def assert_typed(value: Any, tp: Any) -> None:
             assert_typed(value, _is_optional(tp))
     elif typing.get_origin(tp) is tuple:
         assert type(value) is tuple, f"{value!r} is not a tuple"
+        for v in value:
+            assert_typed(v, typing.get_args(tp)[0])
+    elif typing.get_origin(tp) is list:
+        assert type(value) is list, f"{value!r} is not a list"
         for v in value:
             assert_typed(v, typing.get_args(tp)[0])
     elif typing.get_origin(tp) is dict:
@@ -219,6 +225,8 @@ def sample(cls: type[Any]) -> Any:
             args.append(f.default)
         elif typing.get_origin(tp) is tuple:
             args.append(())
+        elif typing.get_origin(tp) is list:
+            args.append([])
         else:
             assert typing.get_origin(tp) is dict, tp
             args.append({})
@@ -261,7 +269,7 @@ def test_ints_on_the_wire_become_floats_and_arrays_tuples(data: st.DataObject) -
     decodes to float; arrays decode to tuples, also nested."""
     seqs = data.draw(st.lists(st.integers(0, 2**32), max_size=5))
     start, end, cpu = data.draw(st.lists(st.integers(-(2**40), 2**40), min_size=3, max_size=3))
-    series = Series("p", "get", 1, {"ok": 1}, {}, {}, {})
+    series = Series("p", "get", 1, {"ok": 1}, [], [], [])
     snap = plain(Snapshot("r", "a", 1, 2, 0.0, 0.0, (series, series), 3, 4, 0.0, 5))
     snap[4], snap[5], snap[9] = start, end, cpu
     back = decode(frame(PROTOCOL_VERSION, Snapshot.TYPE, snap))
@@ -331,7 +339,12 @@ def test_trailing_bytes_are_malformed() -> None:
         decode(encode(Bye("x")) + b"\xc0")
 
 
-@pytest.mark.parametrize("version", [0, 2, -1, 2**64 - 1, "1", 1.0, True, None, [1], {"v": 1}])
+V = PROTOCOL_VERSION
+
+
+@pytest.mark.parametrize(
+    "version", [0, V - 1, V + 1, -1, 2**64 - 1, str(V), float(V), True, None, [V], {"v": V}]
+)
 def test_wrong_version(version: Any) -> None:
     with pytest.raises(VersionMismatch) as caught:
         decode(frame(version, Bye.TYPE, ["x"]))
@@ -429,10 +442,10 @@ def test_wrong_field_types(cls: type[Any]) -> None:
 
 def test_nested_wrong_types_name_the_path() -> None:
     good = plain(sample(Snapshot))
-    good[6] = [plain(Series("p", "n", 1, {"ok": 1}, {}, {}, {})), ["p", "n", "1", {}, {}, {}, {}]]
+    good[6] = [plain(Series("p", "n", 1, {"ok": 1}, [], [], [])), ["p", "n", "1", {}, [], [], []]]
     with pytest.raises(InvalidMessage, match=r"^Snapshot\.series\[1\]\.arrivals: expected int"):
         decode(frame(PROTOCOL_VERSION, Snapshot.TYPE, good))
-    good[6] = [["p", "n", 1, {"ok": 1.5}, {}, {}, {}]]
+    good[6] = [["p", "n", 1, {"ok": 1.5}, [], [], []]]
     with pytest.raises(InvalidMessage, match=r"^Snapshot\.series\[0\]\.outcomes\['ok'\]: "):
         decode(frame(PROTOCOL_VERSION, Snapshot.TYPE, good))
 
@@ -455,9 +468,9 @@ def test_timestamps_are_refused_even_in_free_form_fields(stamp: msgpack.Timestam
     for scenario in ({"when": stamp}, {"a": [1, {"b": [stamp]}]}):
         with pytest.raises(InvalidMessage, match="scenario"):
             decode(frame(PROTOCOL_VERSION, Plan.TYPE, ["r", scenario, share, 0.0, 1.0]))
-    # Histogram maps are opaque to the codec (the coordinator's hot path validates them
-    # once, in decode_wire, before any merge): there the timestamp must be refused.
-    series = ["p", "n", 1, {}, {"n": stamp}, {}, {}]
+    # Histogram wire forms are opaque to the codec (the coordinator's hot path validates
+    # them once, in decode_wire, before any merge): there the timestamp must be refused.
+    series = ["p", "n", 1, {}, [stamp, 2, b"", 1, b"", 0, 0, 0, 0], [], []]
     snap = ["r", "a", 1, 1, 0.0, 1.0, [series], 0, 0, 0.0, 0]
     decoded = decode(frame(PROTOCOL_VERSION, Snapshot.TYPE, snap))
     assert isinstance(decoded, Snapshot)

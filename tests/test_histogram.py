@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from loadctl.protocol.histogram import COUNTS_LEN, Histogram, HistogramWireError
+from loadctl.protocol.histogram import COUNTS_LEN, WIRE_FIELDS, Histogram, HistogramWireError
 
 HIGHEST = Histogram.HIGHEST
 PS = [0.0, 50.0, 90.0, 95.0, 99.0, 99.9, 99.99, 100.0]
@@ -275,8 +275,8 @@ def histograms(draw: st.DrawFn) -> Histogram:
 @given(histograms(), histograms())
 def test_wire_round_trip_and_add_wire_equals_merge(a: Histogram, b: Histogram) -> None:
     wa = a.to_wire()
-    assert set(wa) == {"n", "iw", "i", "cw", "c", "count", "overflow", "min", "max"}
-    assert all(type(v) in (int, bytes) for v in wa.values())
+    assert type(wa) is list and len(wa) == len(WIRE_FIELDS) == 9
+    assert [type(v) for v in wa] == [int, int, bytes, int, bytes, int, int, int, int]
     assert Histogram.from_wire(wa).equals(a)
     via_wire = b.copy()
     via_wire.add_wire(wa)
@@ -287,22 +287,35 @@ def test_wire_round_trip_and_add_wire_equals_merge(a: Histogram, b: Histogram) -
 
 def test_wire_widths() -> None:
     h = hist_of([1_000, 2_000])
-    w = h.to_wire()
+    w = named(h.to_wire())
     assert (w["iw"], w["cw"], w["n"], len(w["i"]), len(w["c"])) == (2, 1, 2, 4, 2)
     h.record(1_000, count=300)
-    assert h.to_wire()["cw"] == 2
+    assert named(h.to_wire())["cw"] == 2
     h.record(1_000, count=2**40)
-    assert h.to_wire()["cw"] == 8
-    four = dict(h.to_wire())
+    assert named(h.to_wire())["cw"] == 8
+    four = named(h.to_wire())
     idx = np.cumsum(np.frombuffer(four["i"], "<u2"))
     four["iw"], four["i"] = 4, np.diff(idx, prepend=0).astype("<u4").tobytes()
-    assert Histogram.from_wire(four).equals(h)  # uint32 deltas are read too
+    assert Histogram.from_wire(listed(four)).equals(h)  # uint32 deltas are read too
 
 
-def valid_wire() -> dict[str, int | bytes]:
+def named(wire: list[Any]) -> dict[str, Any]:
+    """A wire form's fields by name (the wire itself is a list, in WIRE_FIELDS order)."""
+    assert len(wire) == len(WIRE_FIELDS)
+    return dict(zip(WIRE_FIELDS, wire, strict=True))
+
+
+def listed(fields: dict[str, Any]) -> list[Any]:
+    """Named fields back to a wire list; a missing one is left out, extra ones go last."""
+    extra = [v for k, v in fields.items() if k not in WIRE_FIELDS]
+    return [fields[k] for k in WIRE_FIELDS if k in fields] + extra
+
+
+def valid_wire() -> dict[str, Any]:
+    """A valid wire form, by field name (`listed` makes it a wire list)."""
     h = hist_of(np.array([1_000, 1_000, 5_000, 70_000, 9_000_000_000], dtype=np.int64))
     h.record(2 * HIGHEST)
-    return h.to_wire()
+    return named(h.to_wire())
 
 
 def target() -> Histogram:
@@ -319,10 +332,10 @@ def rejects(d: Any) -> None:
         Histogram.from_wire(d)
 
 
-def with_(**changes: Any) -> dict[str, Any]:
+def with_(**changes: Any) -> list[Any]:
     d: dict[str, Any] = dict(valid_wire())
     d.update(changes)
-    return d
+    return listed(d)
 
 
 def test_malformed_wire_examples() -> None:
@@ -335,8 +348,11 @@ def test_malformed_wire_examples() -> None:
         b"",
         42,
         {},
-        {k: v for k, v in w.items() if k != "max"},
-        {**w, "extra": 1},
+        w,  # a map of the right fields is not the wire form
+        tuple(listed(w)[:3]),
+        listed({k: v for k, v in w.items() if k != "max"}),
+        listed({**w, "extra": 1}),
+        listed(w)[::-1],
         with_(n=w["n"] + 1),
         with_(n=10**12),
         with_(n=-1),
@@ -363,8 +379,8 @@ def test_malformed_wire_examples() -> None:
         with_(max=HIGHEST),
         with_(max=2**64),
         with_(min=w["max"] + 1),
-        {**Histogram().to_wire(), "max": 1},
-        {**Histogram().to_wire(), "count": 1, "overflow": 1, "min": 5, "max": 5},
+        listed({**named(Histogram().to_wire()), "max": 1}),
+        listed({**named(Histogram().to_wire()), "count": 1, "overflow": 1, "min": 5, "max": 5}),
     ]:
         rejects(bad)
 
@@ -380,7 +396,6 @@ def test_merged_total_may_not_exceed_int63() -> None:
     assert rejects_into.equals(t)
 
 
-WIRE_KEYS = ["n", "iw", "i", "cw", "c", "count", "overflow", "min", "max"]
 ANY_VALUE = st.one_of(
     st.none(),
     st.booleans(),
@@ -394,9 +409,15 @@ ANY_VALUE = st.one_of(
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.dictionaries(st.one_of(st.sampled_from(WIRE_KEYS), st.text(max_size=3)), ANY_VALUE))
+@given(st.dictionaries(st.one_of(st.sampled_from(WIRE_FIELDS), st.text(max_size=3)), ANY_VALUE))
 def test_random_dicts_are_rejected(d: dict[Any, Any]) -> None:
     rejects(d)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(ANY_VALUE, max_size=12))
+def test_random_lists_only_raise_wire_errors(values: list[Any]) -> None:
+    check_only_wire_errors(values)
 
 
 def check_only_wire_errors(d: Any) -> None:
@@ -417,7 +438,7 @@ def check_only_wire_errors(d: Any) -> None:
 @given(st.data())
 def test_mutated_wire_forms_only_raise_wire_errors(data: st.DataObject) -> None:
     d: dict[str, Any] = dict(valid_wire())
-    key = data.draw(st.sampled_from(WIRE_KEYS))
+    key = data.draw(st.sampled_from(WIRE_FIELDS))
     how = data.draw(st.sampled_from(["value", "truncate", "extend", "flip", "drop"]))
     v = d[key]
     if how == "drop":
@@ -432,7 +453,7 @@ def test_mutated_wire_forms_only_raise_wire_errors(data: st.DataObject) -> None:
         assume(len(v) > 0)
         pos = data.draw(st.integers(0, len(v) - 1))
         d[key] = v[:pos] + bytes([v[pos] ^ data.draw(st.integers(1, 255))]) + v[pos + 1 :]
-    check_only_wire_errors(d)
+    check_only_wire_errors(listed(d))
 
 
 @settings(max_examples=200, deadline=None)
@@ -450,6 +471,4 @@ def test_mutated_wire_forms_only_raise_wire_errors(data: st.DataObject) -> None:
 def test_structured_garbage_only_raises_wire_errors(
     n: int, iw: int, cw: int, i: bytes, c: bytes, count: int, overflow: int, mn: int, mx: int
 ) -> None:
-    d = {"n": n, "iw": iw, "i": i, "cw": cw, "c": c}
-    d |= {"count": count, "overflow": overflow, "min": mn, "max": mx}
-    check_only_wire_errors(d)
+    check_only_wire_errors([n, iw, i, cw, c, count, overflow, mn, mx])

@@ -90,7 +90,7 @@ def hello(agent_id: str) -> Hello:
     return Hello(PROTOCOL_VERSION, agent_id, "hostile", 1, 1, os.getpid(), "0")
 
 
-def series(arrivals: int, latency: dict[str, Any] | None = None) -> Series:
+def series(arrivals: int, latency: list[Any] | None = None) -> Series:
     h = Histogram()
     for _ in range(arrivals):
         h.record(1_000_000)
@@ -112,7 +112,7 @@ def snapshot(
     seq: int,
     interval: int,
     arrivals: int = 7,
-    latency: dict[str, Any] | None = None,
+    latency: list[Any] | None = None,
 ) -> Snapshot:
     now = time.time()
     return Snapshot(
@@ -219,7 +219,7 @@ def attack(ctx: zmq.Context[Any], endpoint: str, real_agent: str) -> dict[str, i
     note("unknown-run")
     impostor.send(encode(snapshot(run_id, real_agent, 4, 2)))  # in the real agent's name
     note("unknown-agent")
-    impostor.send(encode(snapshot(run_id, "impostor-1", 5, 2, latency={"n": "x"})))
+    impostor.send(encode(snapshot(run_id, "impostor-1", 5, 2, latency=["x"])))
     impostor.send(encode(snapshot(run_id, "impostor-1", 6, -5)))
     note("bad-snapshot", 2)
 
