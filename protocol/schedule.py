@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 _EPS = 1e-9
 _REL_EPS = 1e-12  # float error of F(t) grows with its size: 1e-9 alone fails past ~1e7
+_TIME_EPS = 1e-9  # seconds: an arrival this close before t counts as due at t
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +80,16 @@ class RateCurve:
     def first_at_or_after(self, t: float) -> int:
         """Index of the first arrival due at or after t."""
         f = self.integral(t)
-        return max(0, math.ceil(f - _EPS - _REL_EPS * abs(f)))
+        k = max(0, math.ceil(f - _EPS - _REL_EPS * abs(f)))
+        # The tolerance above is in arrivals: it keeps an arrival due exactly at t whose
+        # F(t) came out a hair above its index. Where the rate is near zero (a ramp from
+        # 0), a hair of an arrival is a long time: F(1 µs) = 5e-13 on a 0 -> 1/s ramp, and
+        # arrival 0, due at 0, would count as at or after 1 µs. So a borderline k (just
+        # below f) is settled in time; k + 1 > f then: it is due at or after t. From the
+        # end on, F is the exact total and k the count (time_of has no arrival there).
+        if k < f and t < self.duration and self.time_of(k) < t - _TIME_EPS:
+            k += 1
+        return k
 
     def time_of(self, k: int) -> float:
         """When arrival k is due (seconds from the phase start)."""
