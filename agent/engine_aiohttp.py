@@ -14,18 +14,30 @@ Reply accounting: aiohttp does not expose the bytes read from the socket, so
 and the body bytes (chunk framing, if any, is not counted; for a reply with
 a Content-Length this equals the wire bytes, as the fast engine counts them).
 Replies of followed redirects add their heads.
+
+Resending: aiohttp (3.14) sends an idempotent request a second time, on a new
+connection, whenever the first attempt's connection breaks before the reply,
+even a brand-new one. A load generator must not: a reset on a fresh connection
+is the server's (or the network's) answer, to be counted, and resending it sent
+the target a request nobody scheduled and turned half the resets of a lossy
+link into timeouts or successes. So its retry is switched off, and this engine
+resends as the fast engine does: once, an idempotent request whose kept-alive
+connection the server had closed (RFC 9112 §9.3.1), within the same deadline;
+a trace on the session tells whether the connection was a kept-alive one.
 """
 
 from __future__ import annotations
 
 import ssl
-from typing import Final
+import time
+from typing import Any, Final
 
 import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
 from loadctl import __version__
+from loadctl.agent.fast_wire import IDEMPOTENT_METHODS
 from loadctl.agent.http import (
     ConnectFailed,
     HttpRequest,
@@ -45,6 +57,27 @@ _NO_REPLY_ERRORS: Final = (
     aiohttp.ServerDisconnectedError,  # accepted, then closed without a reply
     aiohttp.ClientOSError,  # reset before the reply
 )
+
+
+class _Attempt:
+    """One send's trace context: whether aiohttp took a kept-alive connection for it."""
+
+    __slots__ = ("reused",)
+
+    def __init__(self) -> None:
+        self.reused = False
+
+
+async def _on_reuse(
+    session: aiohttp.ClientSession, context: Any, params: aiohttp.TraceConnectionReuseconnParams
+) -> None:
+    context.trace_request_ctx.reused = True
+
+
+def _reuse_trace() -> aiohttp.TraceConfig:
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_reuseconn.append(_on_reuse)
+    return trace
 
 
 class _Prepared:
@@ -131,7 +164,9 @@ class AiohttpClient:
             auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=None),
             trust_env=False,
+            trace_configs=[_reuse_trace()],
         )
+        self._session._retry_connection = False  # see the module docstring: we resend ourselves
         return self._session
 
     def _timeout(self, seconds: float) -> aiohttp.ClientTimeout:
@@ -157,21 +192,7 @@ class AiohttpClient:
             session = self._open()
         elif self._closed:
             raise SendError("the HTTP client is closed")
-        try:
-            resp = await session.request(
-                prepared.method,
-                prepared.url,
-                headers=prepared.headers,
-                data=prepared.data,
-                allow_redirects=prepared.redirects,
-                timeout=self._timeout(timeout),
-            )
-        except TimeoutError:
-            raise RequestTimeout("no reply within the timeout") from None
-        except _NO_REPLY_ERRORS as exc:
-            raise ConnectFailed(_describe(exc)) from None
-        except (aiohttp.ClientError, ValueError) as exc:
-            raise SendError(_describe(exc)) from None
+        resp = await self._request(session, prepared, timeout)
         try:
             if prepared.want_body:
                 body = await resp.read()
@@ -194,6 +215,37 @@ class AiohttpClient:
             nbytes += _head_size(earlier)
         reply.bytes_in = nbytes
         return reply
+
+    async def _request(
+        self, session: aiohttp.ClientSession, prepared: _Prepared, timeout: float
+    ) -> aiohttp.ClientResponse:
+        """The reply's head; resent once if a kept-alive connection broke before it."""
+        attempt = _Attempt()
+        limit = self._timeout(timeout)
+        deadline = time.monotonic() + timeout
+        resend = prepared.method in IDEMPOTENT_METHODS
+        while True:
+            try:
+                return await session.request(
+                    prepared.method,
+                    prepared.url,
+                    headers=prepared.headers,
+                    data=prepared.data,
+                    allow_redirects=prepared.redirects,
+                    timeout=limit,
+                    trace_request_ctx=attempt,
+                )
+            except TimeoutError:
+                raise RequestTimeout("no reply within the timeout") from None
+            except _NO_REPLY_ERRORS as exc:
+                left = deadline - time.monotonic()
+                if not (resend and attempt.reused and left > 0):
+                    raise ConnectFailed(_describe(exc)) from None
+            except (aiohttp.ClientError, ValueError) as exc:
+                raise SendError(_describe(exc)) from None
+            resend = False  # once
+            attempt = _Attempt()
+            limit = aiohttp.ClientTimeout(total=left)
 
     async def close(self) -> None:
         self._closed = True

@@ -14,10 +14,11 @@ import json
 import shutil
 import socket
 import ssl
+import struct
 import subprocess
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,6 +152,9 @@ RAW_REPLIES: dict[str, bytes] = {
     "/idle-408": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
 }
 CLOSE_AFTER = {"/eof", "/cut", "/cut-chunked", "/garbage"}
+# Requests the raw server read, by path: a broken connection must not be resent
+# unless it was a kept-alive one (test_no_reply_on_a_fresh_connection_is_not_resent).
+RAW_SEEN: Counter[str] = Counter()
 
 
 async def _raw_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -168,6 +172,11 @@ async def _raw_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) 
                 if name.lower() == "content-length" and int(value):
                     await reader.readexactly(int(value))
             served += 1
+            RAW_SEEN[path] += 1
+            if path == "/reset":  # SO_LINGER 0: closing sends a TCP RST
+                sock = writer.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                return
             if path == "/noreply" or (path == "/drop-second" and served > 1):
                 return
             writer.write(RAW_REPLIES[path])
@@ -562,12 +571,21 @@ def test_reply_cut_short_or_garbled_is_an_error(servers: Servers, engine: str, p
 
 
 @engines
-def test_closed_without_reply_is_a_connect_error(servers: Servers, engine: str) -> None:
-    async def body(client: HttpClient) -> None:
-        with pytest.raises(ConnectFailed):
-            await client.send(HttpRequest(servers.raw, "GET", "/noreply"), 5)
+@pytest.mark.parametrize("path", ["/noreply", "/reset"])
+def test_no_reply_on_a_fresh_connection_is_not_resent(
+    servers: Servers, engine: str, path: str
+) -> None:
+    """Closed (or reset) without a reply on a new connection: ConnectFailed, and the
+    server saw the request once. (aiohttp alone would send it again.)"""
 
+    async def body(client: HttpClient) -> None:
+        for _ in range(3):
+            with pytest.raises(ConnectFailed):
+                await client.send(HttpRequest(servers.raw, "GET", path), 5)
+
+    before = RAW_SEEN[path]
     with_client(engine, body, max_connections=1)
+    assert RAW_SEEN[path] - before == 3
 
 
 @engines
