@@ -230,68 +230,57 @@ def main() -> None:
     if not parts & {"burst", "low", "users"}:
         return
     with target() as url:
-        burst = {
-            "target": url,
-            "defaults": {"timeout": "5s", "max_in_flight": 5000},
-            "requests": [{"name": "get", "path": "/"}],
-            "phases": [
-                {
-                    "name": "burst",
-                    "executor": "burst",
-                    "rate": args.burst_rate,
-                    "duration": args.burst_seconds,
-                }
-            ],
-        }
+
+        def one_phase(phase: dict[str, Any], **defaults: Any) -> dict[str, Any]:
+            """A scenario of one GET / phase against the target."""
+            return {
+                "target": url,
+                "defaults": {"timeout": "5s", **defaults},
+                "requests": [{"name": "get", "path": "/"}],
+                "phases": [phase],
+            }
+
         if "burst" in parts:
+            burst = {
+                "name": "burst",
+                "executor": "burst",
+                "rate": args.burst_rate,
+                "duration": args.burst_seconds,
+            }
             report(
                 f"burst {args.burst_rate} RPS × {args.burst_seconds} s on {args.agents} agents",
-                run(burst, args.agents),
+                run(one_phase(burst, max_in_flight=5000), args.agents),
                 args.burst_rate * args.burst_seconds,
             )
-        low = {
-            "target": url,
-            "defaults": {"timeout": "5s"},
-            "requests": [{"name": "get", "path": "/"}],
-            "phases": [
-                {
-                    "name": "low",
-                    "executor": "constant-rate",
-                    "rate": args.low_rate,
-                    "duration": args.low_seconds,
-                }
-            ],
-        }
         if "low" in parts:
+            low = {
+                "name": "low",
+                "executor": "constant-rate",
+                "rate": args.low_rate,
+                "duration": args.low_seconds,
+            }
             report_low(
                 f"constant {args.low_rate:g} RPS × {args.low_seconds} s on 1 agent",
-                run(low, 1),
+                run(one_phase(low), 1),
                 int(args.low_rate * args.low_seconds),
             )
-        users = {
-            "target": url,
-            "defaults": {"timeout": "5s"},
-            "requests": [{"name": "get", "path": "/"}],
-            "phases": [
-                {
-                    "name": "users",
-                    "executor": "ramping-users",
-                    "start_users": 0,
-                    "think": "uniform:500ms:1500ms",
-                    "connections": "per-user",
-                    "grace": "5s",
-                    "stages": [
-                        {"duration": "5s", "target": args.users},
-                        {"duration": "10s", "target": args.users},
-                    ],
-                }
-            ],
-        }
         if "users" in parts:
+            users = {
+                "name": "users",
+                "executor": "ramping-users",
+                "start_users": 0,
+                "think": "uniform:500ms:1500ms",
+                "connections": "per-user",
+                "grace": "5s",
+                "stages": [
+                    {"duration": "5s", "target": args.users},
+                    {"duration": "10s", "target": args.users},
+                ],
+            }
             report(
                 f"{args.users} concurrent users (per-user connections, 0.5–1.5 s think) "
                 f"on {args.agents} agents",
-                run(users, args.agents),
+                run(one_phase(users), args.agents),
                 None,
             )
 
