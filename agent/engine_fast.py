@@ -58,6 +58,96 @@ def _when(deadline: float) -> float | None:
     return deadline if deadline < _INF else None
 
 
+def _stale_error() -> ConnectFailed:
+    return ConnectFailed("the server closed the connection before replying")
+
+
+class Exchange:
+    """A request run by callbacks (`FastClient.send_soon`): subclass it, override
+    `replied` and `failed`. One object can carry one request after another.
+
+    On the hot path the connection calls `reply_now` from its parser callback: the
+    connection goes back to the idle pool (so `replied` can send the next request
+    on it at once) and `replied` runs in the same call, with no future, `Reply` or
+    task. A `Stale` connection is resent once as `send` would, in a task (rare: the
+    server dropped an idle keep-alive connection), as is a request that found no
+    idle connection. Replies are status and byte count only: requests that want the
+    body use `send`."""
+
+    __slots__ = ("_done", "client", "conn", "deadline", "prepared", "task")
+    client: FastClient
+    conn: Conn
+    prepared: Prepared
+    deadline: float
+
+    def __init__(self) -> None:
+        self._done = True
+        self.task: asyncio.Task[Reply] | None = None
+
+    def replied(self, status: int, nbytes: int) -> None:
+        raise NotImplementedError
+
+    def failed(self, error: SendError) -> None:
+        raise NotImplementedError
+
+    # -- what the connection completes (a `Waiter`) ----------------------------------
+    def done(self) -> bool:
+        return self._done
+
+    def reply_now(self, status: int, nbytes: int) -> None:
+        self._done = True
+        self.client.settle(self.conn)
+        self.replied(status, nbytes)
+
+    def set_result(self, reply: Reply) -> None:
+        self.reply_now(reply.status, reply.bytes_in)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self._done = True
+        client = self.client
+        if isinstance(exc, Stale):
+            if client._may_retry(self.conn, self.prepared):
+                loop = asyncio.get_running_loop()
+                self.task = _deliver(
+                    loop.create_task(client._resend(self.prepared, self.deadline)), self
+                )
+                return
+            exc = _stale_error()
+        else:
+            self.conn.abort()
+            client.release_slot()
+        self.failed(exc if isinstance(exc, SendError) else SendError(str(exc)))
+
+    def cancel(self) -> bool:
+        """Abandon the request: neither callback runs (False if it had ended)."""
+        if self.task is not None:
+            return self.task.cancel()
+        if self._done:
+            return False
+        self._done = True
+        self.conn.abort()
+        self.client.release_slot()
+        return True
+
+
+def _deliver(task: asyncio.Task[Reply], exchange: Exchange) -> asyncio.Task[Reply]:
+    """Pass the task's reply or SendError to `exchange` (not if it was cancelled)."""
+
+    def settled(task: asyncio.Task[Reply]) -> None:
+        if task.cancelled() or exchange.task is not task:
+            return
+        exchange.task = None
+        exc = task.exception()
+        if exc is None:
+            reply = task.result()
+            exchange.replied(reply.status, reply.bytes_in)
+        else:
+            exchange.failed(exc if isinstance(exc, SendError) else SendError(str(exc)))
+
+    task.add_done_callback(settled)
+    return task
+
+
 class FastClient:
     """`HttpClient` on raw transports: a keep-alive pool of at most `max_connections`.
 
@@ -102,13 +192,56 @@ class FastClient:
         if self._closed:
             raise SendError("the HTTP client is closed")
         deadline = loop.time() + timeout
-        pool = prepared.pool
-        idle = pool.idle
+        idle = prepared.pool.idle
         if idle:
             conn = idle.pop()
             conn.idle = False
         else:
-            conn = await self._acquire(pool, deadline)
+            conn = await self._acquire(prepared.pool, deadline)
+        return await self._exchange(conn, prepared, deadline)
+
+    def prepare(self, request: HttpRequest) -> Prepared:
+        """`request` made ready for `send_soon` (raises SendError if it cannot be sent)."""
+        prepared = self._prepared.get(id(request))
+        if prepared is None or prepared.request is not request:
+            prepared = self._prepare(request)
+        return prepared
+
+    def send_soon(self, prepared: Prepared, timeout: float, exchange: Exchange) -> None:
+        """`send` without a coroutine: `exchange.replied` or `exchange.failed` is called
+        when the request ends, unless `exchange.cancel()` comes first. With an idle
+        connection at hand (the hot path) the connection calls it from its parser
+        callback; otherwise the request runs as `send`, in a task. `failed` may run
+        before `send_soon` returns (a connection found closed)."""
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        exchange.client = self
+        idle = prepared.pool.idle
+        if not idle or self._closed:
+            exchange._done = True
+            exchange.task = _deliver(
+                loop.create_task(self.send(prepared.request, timeout)), exchange
+            )
+            return
+        conn = idle.pop()
+        conn.idle = False
+        deadline = loop.time() + timeout
+        exchange._done = False
+        exchange.task = None
+        exchange.conn = conn
+        exchange.prepared = prepared
+        exchange.deadline = deadline
+        conn.start(prepared, exchange, deadline)
+        if conn.fut is exchange:
+            conn.exchange = exchange
+        if deadline < self._sweep_at:
+            self._arm(deadline)
+
+    async def _exchange(self, conn: Conn, prepared: Prepared, deadline: float) -> Reply:
+        """Send `prepared` on `conn` (whose slot the caller owns) and await the reply."""
+        loop = self._loop
+        assert loop is not None
         while True:
             fut: asyncio.Future[Reply] = loop.create_future()
             conn.start(prepared, fut, deadline)
@@ -117,30 +250,45 @@ class FastClient:
             try:
                 reply = await fut
             except Stale:
-                if conn.served == 0 or not prepared.idempotent:
-                    self.release_slot()
-                    raise ConnectFailed(
-                        "the server closed the connection before replying"
-                    ) from None
-                # A keep-alive connection the server had already closed: retry
-                # once, on a fresh connection (RFC 9112 §9.3.1).
-                conn = await self._connect(pool, deadline)
+                if not self._may_retry(conn, prepared):
+                    raise _stale_error() from None
+                conn = await self._connect(prepared.pool, deadline)
                 continue
             except BaseException:
                 conn.abort()
                 self.release_slot()
                 raise
             break
+        self.settle(conn)
+        return reply
+
+    def _may_retry(self, conn: Conn, prepared: Prepared) -> bool:
+        """After `Stale`: whether to resend on a fresh connection (keeping the slot).
+
+        Only an idempotent request that found a keep-alive connection already closed
+        by the server is sent again, once (RFC 9112 §9.3.1); otherwise the slot is
+        released here."""
+        if conn.served == 0 or not prepared.idempotent:
+            self.release_slot()
+            return False
+        return True
+
+    async def _resend(self, prepared: Prepared, deadline: float) -> Reply:
+        """The one resend `_may_retry` allows, on a fresh connection in the same slot."""
+        conn = await self._connect(prepared.pool, deadline)
+        return await self._exchange(conn, prepared, deadline)
+
+    def settle(self, conn: Conn) -> None:
+        """A reply ended on `conn`: keep it for the next request or let it go."""
         if conn.keep and not conn.closed:
             if self._waiters or self._closed:
                 self._reuse(conn)
             else:
                 conn.idle = True
-                idle.append(conn)
+                conn.pool.idle.append(conn)
         else:
             conn.close()
             self.release_slot()
-        return reply
 
     async def close(self) -> None:
         if self._closed:

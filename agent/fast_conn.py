@@ -2,7 +2,9 @@
 
 One `Conn` carries one request at a time (no pipelining). The hot path is
 `start` (write the cached request bytes) then `data_received` ->
-`on_message_complete` (complete the future with a `Reply`). The connection is
+`on_message_complete` (complete the waiter with a `Reply`). The waiter is the
+future `FastClient.send` awaits, or a `Handoff` that runs the caller's callback
+at once (`FastClient.send_soon`). The connection is
 also the callbacks object of its "lean" parser, which has no header or body
 callbacks, so header and body bytes never become Python objects; requests
 with `want_body` use a second parser whose callbacks (`Collector`) keep them.
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from typing import TYPE_CHECKING, Final, cast
+from typing import TYPE_CHECKING, Final, Protocol, cast
 
 import httptools
 
@@ -20,10 +22,20 @@ from loadctl.agent.fast_wire import IDEMPOTENT_METHODS, eof_delimited, serialise
 from loadctl.agent.http import Endpoint, HttpRequest, Reply, RequestTimeout, SendError
 
 if TYPE_CHECKING:
-    from loadctl.agent.engine_fast import FastClient
+    from loadctl.agent.engine_fast import Exchange, FastClient
 
 BIG_BODY: Final = 64 * 1024  # larger bodies are written as they are, and never cached
 _HEAD_MAX: Final = 1 << 20  # a reply head larger than this is an error
+
+
+class Waiter(Protocol):
+    """What a request in flight completes: an asyncio future, or a `Handoff`."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, reply: Reply, /) -> None: ...
+
+    def set_exception(self, exc: BaseException, /) -> None: ...
 
 
 class Stale(Exception):
@@ -98,6 +110,7 @@ class Conn(asyncio.Protocol):
         "closed",
         "collector",
         "deadline",
+        "exchange",
         "full",
         "fut",
         "head",
@@ -123,7 +136,8 @@ class Conn(asyncio.Protocol):
         self.full: httptools.HttpResponseParser | None = None
         self.collector: Collector | None = None
         self.parser = self.lean
-        self.fut: asyncio.Future[Reply] | None = None
+        self.fut: Waiter | None = None
+        self.exchange: Exchange | None = None  # `fut`, when it takes replies directly
         self.deadline = 0.0  # loop time the reply in flight is due by; 0.0: none in flight
         self.nbytes = 0
         self.head: bytes | None = None  # reply bytes up to the end of the head (rare paths)
@@ -177,6 +191,7 @@ class Conn(asyncio.Protocol):
             return
         if self.nbytes == 0:
             self.fut = None
+            self.exchange = None
             self.deadline = 0.0
             fut.set_exception(Stale())
         elif self.headers_done and self.head is not None and eof_delimited(self.head):
@@ -210,14 +225,18 @@ class Conn(asyncio.Protocol):
                 collector.chunks = []
             return
         fut = self.fut
+        exchange = self.exchange
         self.fut = None
+        self.exchange = None
         self.deadline = 0.0
         self.served += 1
         if fut is None or fut.done():  # nobody waits for this reply: do not trust the connection
             self.keep = False
             return
         self.keep = parser.should_keep_alive()
-        if self.want:
+        if exchange is not None:
+            exchange.reply_now(status, self.nbytes)
+        elif self.want:
             collector = self.collector
             assert collector is not None
             fut.set_result(
@@ -228,13 +247,14 @@ class Conn(asyncio.Protocol):
 
     # -- request life --------------------------------------------------------
 
-    def start(self, prepared: Prepared, fut: asyncio.Future[Reply], deadline: float) -> None:
-        """Send `prepared`; `fut` gets the `Reply` or a `SendError`."""
+    def start(self, prepared: Prepared, fut: Waiter, deadline: float) -> None:
+        """Send `prepared`; `fut` gets the `Reply` or a `SendError` (or `Stale`)."""
         transport = self.transport
         if self.closed or transport is None or transport.is_closing():
             fut.set_exception(Stale())
             return
         self.fut = fut
+        self.exchange = None
         self.deadline = deadline
         self.nbytes = 0
         self.head = None
@@ -262,6 +282,7 @@ class Conn(asyncio.Protocol):
     def _complete(self, status: int, keep: bool) -> None:
         fut = self.fut
         self.fut = None
+        self.exchange = None
         self.deadline = 0.0
         self.served += 1
         self.keep = keep
@@ -285,6 +306,7 @@ class Conn(asyncio.Protocol):
     def _fail(self, exc: SendError) -> None:
         fut = self.fut
         self.fut = None
+        self.exchange = None
         self.deadline = 0.0
         if fut is not None and not fut.done():
             fut.set_exception(exc)

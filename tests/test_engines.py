@@ -28,7 +28,7 @@ import pytest
 import uvloop
 from aiohttp import web
 
-from loadctl.agent.engine_fast import FastClient, serialise_request
+from loadctl.agent.engine_fast import Exchange, FastClient, serialise_request
 from loadctl.agent.engines import ENGINES, choose_engine, make_client
 from loadctl.agent.http import (
     ConnectFailed,
@@ -262,6 +262,54 @@ def run(factory: Callable[[], Awaitable[T]]) -> T:
     return uvloop.run(main())
 
 
+class _Awaited(Exchange):
+    """An Exchange whose callbacks complete a future (for `SoonClient`)."""
+
+    def __init__(self, fut: asyncio.Future[Reply]) -> None:
+        super().__init__()
+        self.fut = fut
+
+    def replied(self, status: int, nbytes: int) -> None:
+        if not self.fut.done():
+            self.fut.set_result(Reply(status, nbytes))
+
+    def failed(self, error: SendError) -> None:
+        if not self.fut.done():
+            self.fut.set_exception(error)
+
+
+class SoonClient:
+    """The fast engine's callback entry (`send_soon`, which driven users use) behind
+    `HttpClient.send`: the same tests then check it. Its replies carry status and
+    byte count only, so tests that read bodies or headers do not run it."""
+
+    def __init__(self, max_connections: int, **kwargs: Any) -> None:
+        self.inner = FastClient(max_connections, **kwargs)
+
+    async def send(self, request: HttpRequest, timeout: float) -> Reply:
+        assert not request.want_body, "send_soon replies have no body"
+        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        exchange = _Awaited(fut)
+        self.inner.send_soon(self.inner.prepare(request), timeout, exchange)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            exchange.cancel()
+            raise
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+SOON = "fast-soon"  # the fast engine through send_soon
+
+
+def new_client(engine: str, max_connections: int, **kwargs: Any) -> HttpClient:
+    if engine == SOON:
+        return SoonClient(max_connections, **kwargs)
+    return make_client(engine, max_connections, **kwargs)
+
+
 def with_client(
     engine: str,
     body: Callable[[HttpClient], Awaitable[T]],
@@ -269,7 +317,7 @@ def with_client(
     **kwargs: Any,
 ) -> T:
     async def main() -> T:
-        client = make_client(engine, max_connections, **kwargs)
+        client = new_client(engine, max_connections, **kwargs)
         try:
             return await asyncio.wait_for(body(client), 60)
         finally:
@@ -301,6 +349,8 @@ def header(reply: Reply, name: str) -> str | None:
 
 
 engines = pytest.mark.parametrize("engine", ENGINES)
+# tests that read no body or header also run the fast engine's callback entry
+every_path = pytest.mark.parametrize("engine", [*ENGINES, SOON])
 
 
 # -- both engines ------------------------------------------------------------
@@ -336,7 +386,7 @@ def test_get_and_post_echo_headers_and_body(servers: Servers, engine: str) -> No
     assert post.bytes_in > len(post.body)
 
 
-@engines
+@every_path
 def test_status_classes(servers: Servers, engine: str) -> None:
     codes = [200, 201, 204, 301, 304, 404, 418, 500, 503]
 
@@ -419,7 +469,7 @@ def test_server_closed_keep_alive_then_more_requests(servers: Servers, engine: s
     assert len(servers.peers[test]) == 6
 
 
-@engines
+@every_path
 def test_timeout_then_the_pool_still_works(servers: Servers, engine: str) -> None:
     async def body(client: HttpClient) -> tuple[float, list[Reply]]:
         slow = HttpRequest(servers.http, "GET", "/sleep/2")
@@ -440,7 +490,7 @@ def test_timeout_then_the_pool_still_works(servers: Servers, engine: str) -> Non
     assert all(r.status == 200 for r in replies)
 
 
-@engines
+@every_path
 def test_connection_refused_is_a_connect_error(servers: Servers, engine: str) -> None:
     closed = Endpoint("http", "127.0.0.1", free_port())
 
@@ -453,7 +503,7 @@ def test_connection_refused_is_a_connect_error(servers: Servers, engine: str) ->
     assert with_client(engine, body, max_connections=1).status == 200
 
 
-@engines
+@every_path
 def test_keep_alive_connections_are_reused(servers: Servers, engine: str) -> None:
     test = f"reuse-{engine}"
     request = HttpRequest(servers.http, "GET", "/bytes/10", headers=(("X-Test", test),))
@@ -473,7 +523,7 @@ def test_keep_alive_connections_are_reused(servers: Servers, engine: str) -> Non
     assert 1 <= len(servers.peers[test]) <= 4
 
 
-@engines
+@every_path
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 def test_thousand_requests_32_concurrent(servers: Servers, engine: str, loop: str) -> None:
     test = f"bulk-{engine}-{loop}"
@@ -482,7 +532,7 @@ def test_thousand_requests_32_concurrent(servers: Servers, engine: str, loop: st
     replies: list[Reply] = []
 
     async def main() -> None:
-        client = make_client(engine, 32)
+        client = new_client(engine, 32)
         queue = iter(range(1000))
 
         async def worker() -> None:
@@ -558,7 +608,7 @@ def test_body_ending_at_eof(servers: Servers, engine: str) -> None:
     assert all(r.status == 200 and r.body == payload(3000) for r in replies)
 
 
-@engines
+@every_path
 @pytest.mark.parametrize("path", ["/cut", "/cut-chunked", "/garbage"])
 def test_reply_cut_short_or_garbled_is_an_error(servers: Servers, engine: str, path: str) -> None:
     async def body(client: HttpClient) -> Reply:
@@ -570,7 +620,7 @@ def test_reply_cut_short_or_garbled_is_an_error(servers: Servers, engine: str, p
     assert with_client(engine, body, max_connections=1).status == 200
 
 
-@engines
+@every_path
 @pytest.mark.parametrize("path", ["/noreply", "/reset"])
 def test_no_reply_on_a_fresh_connection_is_not_resent(
     servers: Servers, engine: str, path: str
@@ -588,7 +638,7 @@ def test_no_reply_on_a_fresh_connection_is_not_resent(
     assert RAW_SEEN[path] - before == 3
 
 
-@engines
+@every_path
 def test_idle_connection_closed_by_the_server(servers: Servers, engine: str) -> None:
     # The server sends an unsolicited 408 on the idle connection and closes it.
     async def body(client: HttpClient) -> list[Reply]:
@@ -602,7 +652,7 @@ def test_idle_connection_closed_by_the_server(servers: Servers, engine: str) -> 
     assert [r.status for r in replies] == [200] * 3
 
 
-@engines
+@every_path
 def test_stale_keep_alive_retried_for_idempotent_only(servers: Servers, engine: str) -> None:
     # /drop-second answers the first request of a connection and drops the
     # connection, unanswered, at the second: a keep-alive race, every time.
@@ -639,7 +689,7 @@ def test_https_with_a_self_signed_certificate(servers: Servers, engine: str) -> 
     with_client(engine, untrusted)  # the default context does not trust the certificate
 
 
-@engines
+@every_path
 def test_cancelled_send_frees_its_connection(servers: Servers, engine: str) -> None:
     async def body(client: HttpClient) -> Reply:
         task = asyncio.ensure_future(client.send(HttpRequest(servers.http, "GET", "/sleep/2"), 5))
@@ -652,7 +702,7 @@ def test_cancelled_send_frees_its_connection(servers: Servers, engine: str) -> N
     assert with_client(engine, body, max_connections=1).status == 200
 
 
-@engines
+@every_path
 def test_pool_limit_queues_requests(servers: Servers, engine: str) -> None:
     test = f"limit-{engine}"
     request = HttpRequest(servers.http, "GET", "/sleep/0.05", headers=(("X-Test", test),))
@@ -665,7 +715,7 @@ def test_pool_limit_queues_requests(servers: Servers, engine: str) -> None:
     assert len(servers.peers[test]) <= 3
 
 
-@engines
+@every_path
 def test_one_pool_limit_across_endpoints(servers: Servers, engine: str) -> None:
     # With one connection for two endpoints, each request must take over the
     # slot of the other endpoint's idle or busy connection.
