@@ -16,6 +16,7 @@ its `mix`, or one call of its Python flow. A user whose feeder has no row left
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -23,6 +24,8 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from loadctl.agent.driven_users import DrivenUser, drivable
+from loadctl.agent.engine_fast import FastClient
 from loadctl.agent.feeders import NO_ROW, Feeder, load_feeders
 from loadctl.agent.flows import FlowFunction, FlowUser, exception_series, load_flow
 from loadctl.agent.http import Endpoint, HttpClient, Reply
@@ -112,10 +115,21 @@ async def run_user_phase(runner: Runner, state: PhaseState) -> None:
     users: dict[int, tuple[_User, asyncio.Task[None]]] = {}
     finished: set[int] = set()
     loop = asyncio.get_running_loop()
+    # the hot path: users run by callbacks when the phase needs no awaiting per request
+    own = phase.connections == "per-user" or phase.cookies
+    shared = None if own else runner.shared_client()
+    driven = isinstance(shared, FastClient) and drivable(phase, mix, kit.steps, shared)
 
     def start_user(u: int) -> None:
         user = _User(u)
-        task = loop.create_task(_user_loop(runner, state, mix, user))
+        if driven:
+            assert mix is not None and isinstance(shared, FastClient)
+            rng = random.Random(hash((runner.plan.run_id, phase.name, u)))
+            pause = functools.partial(think_seconds, phase.think, rng)
+            driver = DrivenUser(runner, phase, mix, kit.steps, shared, user, pause)
+            task = loop.create_task(driver.run())
+        else:
+            task = loop.create_task(_user_loop(runner, state, mix, user))
         users[u] = (user, task)
         state.users[u] = task
 

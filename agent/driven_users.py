@@ -1,0 +1,214 @@
+"""Users driven by callbacks: the closed model's hot path on the fast engine.
+
+Why: a user written as a coroutine pays, per request, a future, a task
+wake-up and the resumption of a chain of frames (user loop -> iteration ->
+sender -> client); on this project's VMs that was about two thirds of the
+agent's own CPU per request, and it kept loadctl at ~1.7x wrk's CPU per
+request where a bare uvloop Protocol client runs at ~1.15x. A `DrivenUser`
+instead hands each request to `FastClient.send_soon` with a bound method as
+its callback; the connection calls it from its parser callback, the user
+records the outcome and writes its next request in the same call. No task
+runs between two requests of a user.
+
+Only what needs no awaiting per request runs this way (`drivable`): static
+requests without checks, extractions or `once`, no feeder, no Python flow, the
+agent's shared fast client. Anything else runs as the coroutine users of
+`users.py`, which measure the same things in the same way.
+
+Each user still has a task (the controller in `users.py` starts, stops and
+cancels tasks): it starts the chain and waits until the user is done. A
+cancelled task cancels the request in flight, which is recorded as cancelled,
+as the coroutine users do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from loadctl.agent.engine_fast import Exchange, FastClient
+from loadctl.agent.fast_conn import Prepared
+from loadctl.agent.http import SendError
+from loadctl.agent.recorder import SeriesBuffer
+from loadctl.agent.requests import Mix
+from loadctl.protocol.journey import is_python_flow
+from loadctl.protocol.scenario import Phase
+
+if TYPE_CHECKING:
+    from loadctl.agent.journey import Step
+    from loadctl.agent.runner import Runner
+    from loadctl.agent.users import _User
+
+# outcome by status // 100 (as `outcome_of_status`, without a call per reply)
+_BY_CLASS = ("error", "error", "2xx", "3xx", "4xx", "5xx")
+_EDGE = 1e-9  # seconds: an arrival this close to an interval's end is placed by the runner
+
+
+def drivable(phase: Phase, mix: Mix | None, steps: dict[str, Step], client: object) -> bool:
+    """Whether the users of `phase` can run as `DrivenUser`s on `client`."""
+    if mix is None or is_python_flow(phase.flow) or phase.data is not None:
+        return False
+    if phase.connections == "per-user" or phase.cookies or not isinstance(client, FastClient):
+        return False
+    return all(
+        not (s.once or steps[s.name].templated or steps[s.name].evaluates or s.abort_on_fail)
+        for s in mix.specs
+    )
+
+
+class DrivenUser(Exchange):
+    """One user of a `drivable` phase: a request, its outcome, the think time, the
+    next request, each step started by the previous one's callback.
+
+    The series buffers of the recorder's current interval are kept at hand
+    (`buffers`, dropped when the recorder is cut) and an arrival before the end
+    of that interval (`boundary`) is counted in place: what `Recorder.arrival`
+    and `Runner.current_interval` would do, without their calls."""
+
+    def __init__(
+        self,
+        runner: Runner,
+        phase: Phase,
+        mix: Mix,
+        steps: dict[str, Step],
+        client: FastClient,
+        user: _User,
+        pause: Callable[[], float],
+    ) -> None:
+        super().__init__()
+        self.runner = runner
+        self.recorder = runner.recorder
+        self.sender = runner.sender
+        self.phase = phase
+        self.fast_client = client
+        self.user = user
+        think = phase.think
+        self.pause = None if think.kind == "constant" and think.low <= 0 else pause
+        self.sequence = phase.flow == "sequence"
+        self.mix = mix
+        self.only = mix.specs[0].name if len(mix.specs) == 1 else ""  # no choice to make
+        self.ready: dict[str, Prepared] = {
+            s.name: client.prepare(steps[s.name].static) for s in mix.specs
+        }
+        self.timeouts = {s.name: s.timeout or runner.sender.default_timeout for s in mix.specs}
+        self.loop = asyncio.get_running_loop()
+        self.finished: asyncio.Future[None] = self.loop.create_future()
+        self.iteration = 0
+        self.position = 0  # the next request's place in the sequence
+        self.name = ""  # the request in flight
+        self.sent = 0.0
+        self.waiting = False  # a request is in flight and its callback is due
+        self.timer: asyncio.Handle | None = None
+        self.in_step = False
+        self.buffers: dict[str, SeriesBuffer] = {}
+        self.cut = -1  # the recorder's interval `buffers` and `boundary` belong to
+        self.boundary = 0.0
+
+    async def run(self) -> None:
+        self.step()
+        try:
+            await self.finished
+        finally:
+            self.halt()
+
+    def step(self) -> None:
+        """Send the next request, or end the user."""
+        self.timer = None
+        runner = self.runner
+        if runner.aborted or (self.position == 0 and self.user.stopping):
+            self._finish()
+            return
+        if self.only:
+            name = self.only
+        elif self.sequence:
+            name = self.mix.specs[self.position].name
+        else:
+            name = self.mix.pick(self.user.index + self.iteration).name
+        if not runner.may_send():  # the dead-man switch, checked at every send
+            runner.abort()
+            self._finish()
+            return
+        now = time.perf_counter()
+        if self.recorder.index != self.cut:
+            self._new_interval()
+        buffer = self.buffers.get(name) or self._buffer(name)
+        if now < self.boundary:
+            buffer.arrivals += 1
+        else:
+            self.recorder.arrival(self.phase.name, name, runner.current_interval())
+        self.name = name
+        self.sent = now
+        self.waiting = True
+        self.user.busy = True
+        self.sender.in_flight += 1
+        self.in_step = True
+        self.fast_client.send_soon(self.ready[name], self.timeouts[name], self)
+        self.in_step = False
+
+    def failed(self, error: SendError) -> None:
+        self.replied(0, 0, error.outcome)
+
+    def replied(self, status: int, nbytes: int, outcome: str = "") -> None:
+        """Record the request (a reply, or a failure's `outcome`), then think or send
+        the next one."""
+        end = time.perf_counter()
+        if not self.waiting:
+            return  # cancelled meanwhile
+        if not outcome:
+            outcome = _BY_CLASS[status // 100] if status < 600 else "error"
+        self.waiting = False
+        self.sender.in_flight -= 1
+        self.user.busy = False
+        if self.recorder.index != self.cut:
+            self._new_interval()
+        name = self.name
+        buffer = self.buffers.get(name) or self._buffer(name)
+        buffer.completed(outcome, self.sent, self.sent, end, nbytes)
+        if self.runner.aborted:
+            self._finish()
+            return
+        if self.sequence:
+            self.position += 1
+            if self.position == len(self.mix.specs):
+                self.position = 0
+                self.iteration += 1
+        else:
+            self.iteration += 1
+        pause = 0.0 if self.pause is None else self.pause()
+        if pause > 0:
+            self.timer = self.loop.call_later(pause, self.step)
+        elif self.in_step:  # ended within send_soon: do not recurse
+            self.timer = self.loop.call_soon(self.step)
+        else:
+            self.step()
+
+    def halt(self) -> None:
+        """Stop now: the request in flight is cancelled and recorded as such."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if not self.waiting:
+            return
+        self.waiting = False
+        self.cancel()
+        self.sender.in_flight -= 1
+        self.user.busy = False
+        self.recorder.series(self.phase.name, self.name).completed(
+            "cancelled", self.sent, self.sent, time.perf_counter(), 0
+        )
+
+    def _new_interval(self) -> None:
+        runner = self.runner
+        self.cut = self.recorder.index
+        self.buffers = {}
+        self.boundary = runner.t0 + (self.cut + 1) * runner.interval - _EDGE
+
+    def _buffer(self, name: str) -> SeriesBuffer:
+        buffer = self.buffers[name] = self.recorder.series(self.phase.name, name)
+        return buffer
+
+    def _finish(self) -> None:
+        if not self.finished.done():
+            self.finished.set_result(None)

@@ -1,0 +1,191 @@
+"""Users run by callbacks on the fast engine (agent/driven_users.py), against the real target.
+
+The agent's Runner runs in this process with its real scheduler, sender, recorder
+and fast client; the target is `loadctl target` in its own process. Each test
+checks that the phase really ran as driven users (the users' tasks run
+`DrivenUser.run`) and that every request that arrived was recorded exactly once:
+arrivals equal completions of every outcome, and nothing is left in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import uvloop
+
+from loadctl.agent.runner import Runner
+from loadctl.protocol.clock import ClockEstimate
+from loadctl.protocol.messages import Plan, Series, Share
+from loadctl.protocol.scenario import Scenario
+
+from cluster import free_port
+from target_process import running_target
+
+INTERVAL = 0.5
+
+
+@dataclass
+class Outcome:
+    arrivals: dict[str, int] = field(default_factory=dict)
+    outcomes: dict[str, int] = field(default_factory=dict)
+    by_name: dict[str, int] = field(default_factory=dict)
+    in_flight: int = -1
+    driven: set[str] = field(default_factory=set)  # the coroutines the users' tasks ran
+    elapsed: float = 0.0  # from the start to the end of the run
+    abort_at: float = 0.0  # from the start to the abort
+
+    @property
+    def completed(self) -> int:
+        return sum(self.outcomes.values())
+
+
+def run_phase(
+    target: str,
+    phase: dict[str, Any],
+    requests: list[dict[str, Any]],
+    *,
+    connections: int = 16,
+    timeout: float = 5.0,
+    abort_after: float | None = None,
+    drain: float = 0.0,
+) -> Outcome:
+    scenario = Scenario.from_dict(
+        {
+            "name": "driven",
+            "target": target,
+            "defaults": {
+                "engine": "fast",
+                "connections": connections,
+                "timeout": timeout,
+                "interval": INTERVAL,
+            },
+            "requests": requests,
+            "phases": [{"name": "users", "executor": "constant-users", "grace": 1.0, **phase}],
+        }
+    )
+    out = Outcome()
+
+    async def sink(index: int, start: float, end: float, series: tuple[Series, ...]) -> None:
+        for s in series:
+            out.arrivals[s.name] = out.arrivals.get(s.name, 0) + s.arrivals
+            for outcome, n in s.outcomes.items():
+                out.outcomes[outcome] = out.outcomes.get(outcome, 0) + n
+                out.by_name[s.name] = out.by_name.get(s.name, 0) + n
+
+    async def main() -> None:
+        plan = Plan("driven", scenario.wire(), Share(0.0, (1,), 0), time.time(), INTERVAL)
+        runner = Runner(plan, ClockEstimate(0.0, 0.0, 1), sink)
+
+        async def watch() -> None:
+            await asyncio.sleep(0.3)
+            for state in runner.phases:
+                out.driven |= {t.get_coro().__qualname__ for t in state.users.values()}  # type: ignore[union-attr]
+            if abort_after is not None:
+                await asyncio.sleep(abort_after - 0.3)
+                out.abort_at = time.perf_counter() - started
+                runner.abort(drain)
+
+        started = time.perf_counter()
+        watcher = asyncio.ensure_future(watch())
+        await asyncio.wait_for(runner.run(), 30)
+        out.elapsed = time.perf_counter() - started
+        out.in_flight = runner.sender.in_flight
+        watcher.cancel()
+
+    uvloop.run(main())
+    return out
+
+
+def assert_all_recorded(out: Outcome) -> None:
+    assert out.driven == {"DrivenUser.run"}, out.driven
+    assert sum(out.arrivals.values()) == out.completed, (out.arrivals, out.outcomes)
+    assert out.in_flight == 0
+
+
+ITEM = [{"name": "item", "path": "/api/inventory/items/3"}]
+
+pytestmark = pytest.mark.slow
+
+
+def test_every_request_the_target_served_is_counted_once() -> None:
+    with running_target() as target:
+        out = run_phase(target.url, {"users": 16, "duration": 1.5}, ITEM)
+        served = target.counts()["total"]
+    assert_all_recorded(out)
+    assert out.outcomes == {"2xx": served} and served > 100
+
+
+def test_more_users_than_connections_wait_for_one() -> None:
+    """8 users, 2 connections: requests that find no idle connection queue for one."""
+    with running_target("--latency", "5ms") as target:
+        out = run_phase(target.url, {"users": 8, "duration": 1.5}, ITEM, connections=2)
+        served = target.counts()["total"]
+    assert_all_recorded(out)
+    assert out.outcomes == {"2xx": served}
+    # two connections, ~5 ms each: at most ~400 a second whatever the number of users
+    assert 50 <= served <= 2 * 1.5 / 0.005 * 1.2
+
+
+def test_think_time_and_a_sequence_flow() -> None:
+    """Each user sends a then b, thinking 50 ms after each: 4 users x 1.5 s / 50 ms."""
+    requests = [{"name": "a", "path": "/api/inventory/items/1"}, {"name": "b", "path": "/health"}]
+    phase = {"users": 4, "duration": 1.5, "think": "50ms", "flow": "sequence"}
+    phase["requests"] = ["a", "b"]
+    with running_target() as target:
+        out = run_phase(target.url, phase, requests)
+        served = target.counts()["total"]
+    assert_all_recorded(out)
+    assert out.outcomes == {"2xx": served}
+    assert 4 * 1.5 / 0.05 * 0.6 <= served <= 4 * 1.5 / 0.05 + 8
+    assert abs(out.by_name["a"] - out.by_name["b"]) <= 4  # each user is between a and b
+
+
+def test_timeouts_are_recorded_and_the_users_go_on() -> None:
+    with running_target() as target:
+        out = run_phase(target.url, {"users": 4, "duration": 1.5}, [
+            {"name": "slow", "path": "/delay/400", "timeout": "100ms"}
+        ])  # fmt: skip
+    assert_all_recorded(out)
+    assert set(out.outcomes) == {"timeout"}
+    assert 4 * 1.5 / 0.1 * 0.5 <= out.outcomes["timeout"] <= 4 * 1.5 / 0.1 + 4
+
+
+def test_connection_refused_is_counted_and_the_run_ends_on_time() -> None:
+    closed = f"http://127.0.0.1:{free_port()}"
+    out = run_phase(closed, {"users": 4, "duration": 1.0}, ITEM)
+    assert_all_recorded(out)
+    assert set(out.outcomes) == {"connect_error"} and out.completed > 10
+    assert out.elapsed < 1.0 + 2.0
+
+
+def test_abort_without_drain_cancels_and_records_what_is_in_flight() -> None:
+    with running_target() as target:
+        out = run_phase(
+            target.url,
+            {"users": 6, "duration": 10},
+            [{"name": "slow", "path": "/delay/3000"}],
+            abort_after=0.6,
+        )
+    assert_all_recorded(out)
+    assert out.outcomes == {"cancelled": 6}
+    assert out.elapsed - out.abort_at < 1.0
+
+
+def test_abort_with_drain_lets_requests_in_flight_finish() -> None:
+    with running_target() as target:
+        out = run_phase(
+            target.url,
+            {"users": 6, "duration": 10},
+            [{"name": "slow", "path": "/delay/500"}],
+            abort_after=0.7,
+            drain=3.0,
+        )
+        served = target.counts()["total"]
+    assert_all_recorded(out)
+    # the round in flight at the abort finished (~2 rounds of 6 by then): none cut off
+    assert out.outcomes == {"2xx": served} and served >= 6 and served % 6 == 0
+    assert out.elapsed - out.abort_at < 1.0
