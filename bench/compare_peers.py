@@ -24,6 +24,10 @@ and hey's own output, from the agent's snapshots for loadctl.
 The clients run in N interleaved rounds (default 3: wrk, hey, fast,
 aiohttp, then again), so a change in the machine's load touches them all
 alike; each figure is the median over the rounds, and ratios are of medians.
+A row "Python floor" is the cheapest Python client there is: a bare uvloop
+Protocol per connection parsing with httptools and writing the next request
+from its parser callback, no loadctl code and no measurement (`engine_bench.
+_floor_loop`); it shows how close to wrk any Python agent can get here.
 `--bare` adds rows for the engines alone (no scheduler, no recorder).
 A missing wrk or hey is reported and skipped (no ratios without wrk).
 
@@ -106,6 +110,7 @@ def tools_for(args: argparse.Namespace) -> list[Tool]:
         print(f"{HEY} not found (Debian package hey): skipped")
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     tools += [engine_tool(e, bare=False) for e in engines]
+    tools.append(Tool("Python floor", lambda url, d, c: eb.run_engine("floor", url, d, c)))
     if args.bare:
         tools += [engine_tool(e, bare=True) for e in engines]
     return tools
@@ -196,6 +201,11 @@ def report(
             f"  fast engine, full measurement: {ratio:.2f} × wrk's CPU per request "
             f"(target ≤ {goal:g}×): {verdict}"
         )
+        if "Python floor" in runs:
+            print(
+                f"  (the Python floor, a bare uvloop Protocol + httptools client with no "
+                f"measurement: {us['Python floor'] / us[wrk]:.2f} × wrk)"
+            )
     else:
         print(f"  fast engine ≤ {goal:g} × wrk's CPU per request: not measured")
     goal = eb.TARGETS["aiohttp_us_per_request"]

@@ -213,8 +213,11 @@ def worker_main(
 ) -> None:
     import uvloop
 
-    loop = _closed_loop if bare else _agent_closed_loop
-    result = uvloop.run(loop(engine, url, duration, concurrency))
+    if engine == "floor":
+        result = uvloop.run(_floor_loop(url, duration, concurrency))
+    else:
+        loop = _closed_loop if bare else _agent_closed_loop
+        result = uvloop.run(loop(engine, url, duration, concurrency))
     print(json.dumps(result))
 
 
@@ -392,6 +395,58 @@ def serve_target() -> Iterator[tuple[str, str]]:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+async def _floor_loop(url: str, duration: float, concurrency: int) -> dict[str, float]:
+    """The floor for a Python client: a bare uvloop Protocol per connection that
+    parses with httptools and writes the next request from its message-complete
+    callback. No loadctl code, no timeouts, no measurement: what the design notes
+    call "a bare uvloop asyncio.Protocol client parsing with httptools"."""
+    import httptools
+
+    parts = url.split("/", 3)
+    host, port = parts[2].rsplit(":", 1)
+    if host not in ("127.0.0.1", "localhost"):
+        raise SystemExit("the bench only sends load to 127.0.0.1")
+    wire = f"GET /{parts[3] if len(parts) > 3 else ''} HTTP/1.1\r\nHost: {parts[2]}\r\n\r\n"
+    request = wire.encode()
+    counts = {"ok": 0, "errors": 0}
+    running = True
+
+    class Client(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.parser = httptools.HttpResponseParser(self)
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+            self.transport.write(request)
+
+        def data_received(self, data: bytes) -> None:
+            self.parser.feed_data(data)
+
+        def on_message_complete(self) -> None:
+            counts["ok" if self.parser.get_status_code() == 200 else "errors"] += 1
+            if running:
+                self.transport.write(request)
+
+    loop = asyncio.get_running_loop()
+    for _ in range(concurrency):
+        await loop.create_connection(Client, host, int(port))
+    await asyncio.sleep(0.5)
+    counts["ok"] = counts["errors"] = 0
+    usage0 = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.perf_counter()
+    await asyncio.sleep(duration)
+    running = False
+    wall = time.perf_counter() - started
+    usage1 = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "requests": counts["ok"],
+        "errors": counts["errors"],
+        "wall": wall,
+        "user": usage1.ru_utime - usage0.ru_utime,
+        "sys": usage1.ru_stime - usage0.ru_stime,
+    }
 
 
 def main() -> None:
