@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from loadctl.agent.engine_fast import Exchange, FastClient
 from loadctl.agent.fast_conn import Prepared
-from loadctl.agent.http import SendError
+from loadctl.agent.http import SendError, outcome_of_class
 from loadctl.agent.recorder import SeriesBuffer
 from loadctl.agent.requests import Mix
 from loadctl.protocol.journey import is_python_flow
@@ -41,8 +41,6 @@ if TYPE_CHECKING:
     from loadctl.agent.runner import Runner
     from loadctl.agent.users import _User
 
-# outcome by status // 100 (as `outcome_of_status`, without a call per reply)
-_BY_CLASS = ("error", "error", "2xx", "3xx", "4xx", "5xx")
 _EDGE = 1e-9  # seconds: an arrival this close to an interval's end is placed by the runner
 
 
@@ -157,7 +155,7 @@ class DrivenUser(Exchange):
         if not self.waiting:
             return  # cancelled meanwhile
         if not outcome:
-            outcome = _BY_CLASS[status // 100] if status < 600 else "error"
+            outcome = outcome_of_class(status)
         self.waiting = False
         self.sender.in_flight -= 1
         self.user.busy = False

@@ -87,7 +87,7 @@ async def run_open_phase(runner: Runner, state: PhaseState) -> None:
         if sender.in_flight >= limit:
             series.count("dropped")
         else:
-            sender.spawn(
+            sender.start(
                 client, phase.name, spec.name, runner.requests[spec.name], intended, spec.timeout
             )
         k = cursor.next_owned(k + 1)

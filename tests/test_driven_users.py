@@ -1,10 +1,12 @@
-"""Users run by callbacks on the fast engine (agent/driven_users.py), against the real target.
+"""Requests run by callbacks on the fast engine, against the real target: users driven
+by their replies (agent/driven_users.py) and open-model arrivals (`Sender.start`).
 
 The agent's Runner runs in this process with its real scheduler, sender, recorder
 and fast client; the target is `loadctl target` in its own process. Each test
-checks that the phase really ran as driven users (the users' tasks run
-`DrivenUser.run`) and that every request that arrived was recorded exactly once:
-arrivals equal completions of every outcome, and nothing is left in flight.
+checks that the phase really ran on callbacks (the users' tasks run
+`DrivenUser.run`; arrivals are `_Arrival`s, not tasks) and that every request
+that arrived was recorded exactly once: arrivals equal completions of every
+outcome, and nothing is left in flight.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class Outcome:
     by_name: dict[str, int] = field(default_factory=dict)
     in_flight: int = -1
     driven: set[str] = field(default_factory=set)  # the coroutines the users' tasks ran
+    open_seen: tuple[int, int] = (0, 0)  # (arrivals in flight as callbacks, as tasks)
     elapsed: float = 0.0  # from the start to the end of the run
     abort_at: float = 0.0  # from the start to the abort
 
@@ -52,6 +55,7 @@ def run_phase(
     timeout: float = 5.0,
     abort_after: float | None = None,
     drain: float = 0.0,
+    executor: str = "constant-users",
 ) -> Outcome:
     scenario = Scenario.from_dict(
         {
@@ -64,7 +68,7 @@ def run_phase(
                 "interval": INTERVAL,
             },
             "requests": requests,
-            "phases": [{"name": "users", "executor": "constant-users", "grace": 1.0, **phase}],
+            "phases": [{"name": "users", "executor": executor, **phase}],
         }
     )
     out = Outcome()
@@ -84,6 +88,7 @@ def run_phase(
             await asyncio.sleep(0.3)
             for state in runner.phases:
                 out.driven |= {t.get_coro().__qualname__ for t in state.users.values()}  # type: ignore[union-attr]
+            out.open_seen = (len(runner.sender.arrivals), len(runner.sender.tasks))
             if abort_after is not None:
                 await asyncio.sleep(abort_after - 0.3)
                 out.abort_at = time.perf_counter() - started
@@ -100,8 +105,9 @@ def run_phase(
     return out
 
 
-def assert_all_recorded(out: Outcome) -> None:
-    assert out.driven == {"DrivenUser.run"}, out.driven
+def assert_all_recorded(out: Outcome, users: bool = True) -> None:
+    if users:
+        assert out.driven == {"DrivenUser.run"}, out.driven
     assert sum(out.arrivals.values()) == out.completed, (out.arrivals, out.outcomes)
     assert out.in_flight == 0
 
@@ -113,7 +119,7 @@ pytestmark = pytest.mark.slow
 
 def test_every_request_the_target_served_is_counted_once() -> None:
     with running_target() as target:
-        out = run_phase(target.url, {"users": 16, "duration": 1.5}, ITEM)
+        out = run_phase(target.url, {"users": 16, "duration": 1.5, "grace": 1.0}, ITEM)
         served = target.counts()["total"]
     assert_all_recorded(out)
     assert out.outcomes == {"2xx": served} and served > 100
@@ -122,7 +128,9 @@ def test_every_request_the_target_served_is_counted_once() -> None:
 def test_more_users_than_connections_wait_for_one() -> None:
     """8 users, 2 connections: requests that find no idle connection queue for one."""
     with running_target("--latency", "5ms") as target:
-        out = run_phase(target.url, {"users": 8, "duration": 1.5}, ITEM, connections=2)
+        out = run_phase(
+            target.url, {"users": 8, "duration": 1.5, "grace": 1.0}, ITEM, connections=2
+        )
         served = target.counts()["total"]
     assert_all_recorded(out)
     assert out.outcomes == {"2xx": served}
@@ -133,7 +141,7 @@ def test_more_users_than_connections_wait_for_one() -> None:
 def test_think_time_and_a_sequence_flow() -> None:
     """Each user sends a then b, thinking 50 ms after each: 4 users x 1.5 s / 50 ms."""
     requests = [{"name": "a", "path": "/api/inventory/items/1"}, {"name": "b", "path": "/health"}]
-    phase = {"users": 4, "duration": 1.5, "think": "50ms", "flow": "sequence"}
+    phase = {"users": 4, "duration": 1.5, "think": "50ms", "flow": "sequence", "grace": 1.0}
     phase["requests"] = ["a", "b"]
     with running_target() as target:
         out = run_phase(target.url, phase, requests)
@@ -146,7 +154,7 @@ def test_think_time_and_a_sequence_flow() -> None:
 
 def test_timeouts_are_recorded_and_the_users_go_on() -> None:
     with running_target() as target:
-        out = run_phase(target.url, {"users": 4, "duration": 1.5}, [
+        out = run_phase(target.url, {"users": 4, "duration": 1.5, "grace": 1.0}, [
             {"name": "slow", "path": "/delay/400", "timeout": "100ms"}
         ])  # fmt: skip
     assert_all_recorded(out)
@@ -156,7 +164,7 @@ def test_timeouts_are_recorded_and_the_users_go_on() -> None:
 
 def test_connection_refused_is_counted_and_the_run_ends_on_time() -> None:
     closed = f"http://127.0.0.1:{free_port()}"
-    out = run_phase(closed, {"users": 4, "duration": 1.0}, ITEM)
+    out = run_phase(closed, {"users": 4, "duration": 1.0, "grace": 1.0}, ITEM)
     assert_all_recorded(out)
     assert set(out.outcomes) == {"connect_error"} and out.completed > 10
     assert out.elapsed < 1.0 + 2.0
@@ -166,7 +174,7 @@ def test_abort_without_drain_cancels_and_records_what_is_in_flight() -> None:
     with running_target() as target:
         out = run_phase(
             target.url,
-            {"users": 6, "duration": 10},
+            {"users": 6, "duration": 10, "grace": 1.0},
             [{"name": "slow", "path": "/delay/3000"}],
             abort_after=0.6,
         )
@@ -179,7 +187,7 @@ def test_abort_with_drain_lets_requests_in_flight_finish() -> None:
     with running_target() as target:
         out = run_phase(
             target.url,
-            {"users": 6, "duration": 10},
+            {"users": 6, "duration": 10, "grace": 1.0},
             [{"name": "slow", "path": "/delay/500"}],
             abort_after=0.7,
             drain=3.0,
@@ -189,3 +197,44 @@ def test_abort_with_drain_lets_requests_in_flight_finish() -> None:
     # the round in flight at the abort finished (~2 rounds of 6 by then): none cut off
     assert out.outcomes == {"2xx": served} and served >= 6 and served % 6 == 0
     assert out.elapsed - out.abort_at < 1.0
+
+
+# -- the open model ------------------------------------------------------------------
+
+
+def test_arrivals_on_callbacks_are_counted_exactly() -> None:
+    """400 RPS for 1.5 s: exactly 600 arrivals, each served and recorded once."""
+    with running_target("--latency", "20ms") as target:
+        out = run_phase(target.url, {"rate": 400, "duration": 1.5}, ITEM, executor="constant-rate")
+        served = target.counts()["total"]
+    assert_all_recorded(out, users=False)
+    assert out.open_seen[0] > 0 and out.open_seen[1] == 0, out.open_seen  # no task per request
+    assert sum(out.arrivals.values()) == 600 and out.outcomes == {"2xx": 600} and served == 600
+
+
+def test_arrivals_in_flight_at_an_abort_are_cancelled_and_recorded() -> None:
+    with running_target() as target:
+        out = run_phase(
+            target.url,
+            {"rate": 20, "duration": 10},
+            [{"name": "slow", "path": "/delay/3000"}],
+            executor="constant-rate",
+            abort_after=0.6,
+        )
+    assert_all_recorded(out, users=False)
+    assert set(out.outcomes) == {"cancelled"} and out.completed >= 10
+    assert out.elapsed - out.abort_at < 1.0
+
+
+def test_arrivals_in_flight_at_the_end_are_drained() -> None:
+    """The phase ends while 500 ms requests are in flight: they finish, none is cut."""
+    with running_target() as target:
+        out = run_phase(
+            target.url,
+            {"rate": 20, "duration": 1.0},
+            [{"name": "slow", "path": "/delay/500"}],
+            executor="constant-rate",
+        )
+        served = target.counts()["total"]
+    assert_all_recorded(out, users=False)
+    assert out.outcomes == {"2xx": 20} and served == 20
