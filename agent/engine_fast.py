@@ -74,15 +74,15 @@ class Exchange:
     idle connection. Replies are status and byte count only: requests that want the
     body use `send`."""
 
-    __slots__ = ("_done", "client", "conn", "deadline", "prepared", "task")
+    __slots__ = ("client", "conn", "deadline", "ended", "prepared", "task")
     client: FastClient
     conn: Conn
     prepared: Prepared
     deadline: float
 
     def __init__(self) -> None:
-        self._done = True
-        self.task: asyncio.Task[Reply] | None = None
+        self.ended = True  # the request on `conn` is over (replied, failed or cancelled)
+        self.task: asyncio.Task[Reply] | None = None  # the request, when it runs as `send`
 
     def replied(self, status: int, nbytes: int) -> None:
         raise NotImplementedError
@@ -92,10 +92,10 @@ class Exchange:
 
     # -- what the connection completes (a `Waiter`) ----------------------------------
     def done(self) -> bool:
-        return self._done
+        return self.ended
 
     def reply_now(self, status: int, nbytes: int) -> None:
-        self._done = True
+        self.ended = True
         self.client.settle(self.conn)
         self.replied(status, nbytes)
 
@@ -103,7 +103,7 @@ class Exchange:
         self.reply_now(reply.status, reply.bytes_in)
 
     def set_exception(self, exc: BaseException) -> None:
-        self._done = True
+        self.ended = True
         client = self.client
         if isinstance(exc, Stale):
             if client._may_retry(self.conn, self.prepared):
@@ -122,9 +122,9 @@ class Exchange:
         """Abandon the request: neither callback runs (False if it had ended)."""
         if self.task is not None:
             return self.task.cancel()
-        if self._done:
+        if self.ended:
             return False
-        self._done = True
+        self.ended = True
         self.conn.abort()
         self.client.release_slot()
         return True
@@ -219,7 +219,7 @@ class FastClient:
         exchange.client = self
         idle = prepared.pool.idle
         if not idle or self._closed:
-            exchange._done = True
+            exchange.ended = True
             exchange.task = _deliver(
                 loop.create_task(self.send(prepared.request, timeout)), exchange
             )
@@ -227,7 +227,7 @@ class FastClient:
         conn = idle.pop()
         conn.idle = False
         deadline = loop.time() + timeout
-        exchange._done = False
+        exchange.ended = False
         exchange.task = None
         exchange.conn = conn
         exchange.prepared = prepared

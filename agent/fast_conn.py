@@ -230,13 +230,15 @@ class Conn(asyncio.Protocol):
         self.exchange = None
         self.deadline = 0.0
         self.served += 1
+        if exchange is not None and not exchange.ended:  # `send_soon`'s hot path
+            self.keep = parser.should_keep_alive()
+            exchange.reply_now(status, self.nbytes)
+            return
         if fut is None or fut.done():  # nobody waits for this reply: do not trust the connection
             self.keep = False
             return
         self.keep = parser.should_keep_alive()
-        if exchange is not None:
-            exchange.reply_now(status, self.nbytes)
-        elif self.want:
+        if self.want:
             collector = self.collector
             assert collector is not None
             fut.set_result(
