@@ -47,7 +47,7 @@ import tempfile
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,18 +88,30 @@ async def _closed_loop(
                 else:
                     counts["errors"] += 1
 
-    # warm up: connections made, caches filled
+    async def stop() -> None:
+        nonlocal running
+        running = False
+        await asyncio.gather(*users)
+
     users = [asyncio.ensure_future(user()) for _ in range(concurrency)]
+    result = await _measured_window(duration, counts, stop)
+    await client.close()
+    return result
+
+
+async def _measured_window(
+    duration: float, counts: dict[str, int], stop: Callable[[], Awaitable[None]]
+) -> dict[str, float]:
+    """After 0.5 s of warm-up (connections made, caches filled), `counts` and this
+    process's CPU over `duration` seconds; `stop` ends the clients before the end."""
     await asyncio.sleep(0.5)
     counts["ok"] = counts["errors"] = 0
     usage0 = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
     await asyncio.sleep(duration)
-    running = False
-    await asyncio.gather(*users)
+    await stop()
     wall = time.perf_counter() - started
     usage1 = resource.getrusage(resource.RUSAGE_SELF)
-    await client.close()
     return {
         "requests": counts["ok"],
         "errors": counts["errors"],
@@ -429,24 +441,14 @@ async def _floor_loop(url: str, duration: float, concurrency: int) -> dict[str, 
             if running:
                 self.transport.write(request)
 
+    async def stop() -> None:
+        nonlocal running
+        running = False
+
     loop = asyncio.get_running_loop()
     for _ in range(concurrency):
         await loop.create_connection(Client, host, int(port))
-    await asyncio.sleep(0.5)
-    counts["ok"] = counts["errors"] = 0
-    usage0 = resource.getrusage(resource.RUSAGE_SELF)
-    started = time.perf_counter()
-    await asyncio.sleep(duration)
-    running = False
-    wall = time.perf_counter() - started
-    usage1 = resource.getrusage(resource.RUSAGE_SELF)
-    return {
-        "requests": counts["ok"],
-        "errors": counts["errors"],
-        "wall": wall,
-        "user": usage1.ru_utime - usage0.ru_utime,
-        "sys": usage1.ru_stime - usage0.ru_stime,
-    }
+    return await _measured_window(duration, counts, stop)
 
 
 def main() -> None:

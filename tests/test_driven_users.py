@@ -170,29 +170,25 @@ def test_connection_refused_is_counted_and_the_run_ends_on_time() -> None:
     assert out.elapsed < 1.0 + 2.0
 
 
-def test_abort_without_drain_cancels_and_records_what_is_in_flight() -> None:
+def run_slow(phase: dict[str, Any], delay_ms: int, **kwargs: Any) -> tuple[Outcome, int]:
+    """`run_phase` of one request that the target answers after `delay_ms`; and the
+    number of requests the target served."""
     with running_target() as target:
-        out = run_phase(
-            target.url,
-            {"users": 6, "duration": 10, "grace": 1.0},
-            [{"name": "slow", "path": "/delay/3000"}],
-            abort_after=0.6,
-        )
+        slow = [{"name": "slow", "path": f"/delay/{delay_ms}"}]
+        out = run_phase(target.url, phase, slow, **kwargs)
+        return out, target.counts()["total"]
+
+
+def test_abort_without_drain_cancels_and_records_what_is_in_flight() -> None:
+    out, _ = run_slow({"users": 6, "duration": 10, "grace": 1.0}, 3000, abort_after=0.6)
     assert_all_recorded(out)
     assert out.outcomes == {"cancelled": 6}
     assert out.elapsed - out.abort_at < 1.0
 
 
 def test_abort_with_drain_lets_requests_in_flight_finish() -> None:
-    with running_target() as target:
-        out = run_phase(
-            target.url,
-            {"users": 6, "duration": 10, "grace": 1.0},
-            [{"name": "slow", "path": "/delay/500"}],
-            abort_after=0.7,
-            drain=3.0,
-        )
-        served = target.counts()["total"]
+    phase = {"users": 6, "duration": 10, "grace": 1.0}
+    out, served = run_slow(phase, 500, abort_after=0.7, drain=3.0)
     assert_all_recorded(out)
     # the round in flight at the abort finished (~2 rounds of 6 by then): none cut off
     assert out.outcomes == {"2xx": served} and served >= 6 and served % 6 == 0
@@ -213,14 +209,8 @@ def test_arrivals_on_callbacks_are_counted_exactly() -> None:
 
 
 def test_arrivals_in_flight_at_an_abort_are_cancelled_and_recorded() -> None:
-    with running_target() as target:
-        out = run_phase(
-            target.url,
-            {"rate": 20, "duration": 10},
-            [{"name": "slow", "path": "/delay/3000"}],
-            executor="constant-rate",
-            abort_after=0.6,
-        )
+    phase = {"rate": 20, "duration": 10}
+    out, _ = run_slow(phase, 3000, executor="constant-rate", abort_after=0.6)
     assert_all_recorded(out, users=False)
     assert set(out.outcomes) == {"cancelled"} and out.completed >= 10
     assert out.elapsed - out.abort_at < 1.0
@@ -228,13 +218,6 @@ def test_arrivals_in_flight_at_an_abort_are_cancelled_and_recorded() -> None:
 
 def test_arrivals_in_flight_at_the_end_are_drained() -> None:
     """The phase ends while 500 ms requests are in flight: they finish, none is cut."""
-    with running_target() as target:
-        out = run_phase(
-            target.url,
-            {"rate": 20, "duration": 1.0},
-            [{"name": "slow", "path": "/delay/500"}],
-            executor="constant-rate",
-        )
-        served = target.counts()["total"]
+    out, served = run_slow({"rate": 20, "duration": 1.0}, 500, executor="constant-rate")
     assert_all_recorded(out, users=False)
     assert out.outcomes == {"2xx": 20} and served == 20
