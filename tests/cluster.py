@@ -84,6 +84,16 @@ def run_scenario(
     return ClusterRun(proc.returncode, data, proc.stdout, proc.stderr, out)
 
 
+def coordinator_argv(scenario: Path, agents: int, bind: str, out: Path, *extra: str) -> list[str]:
+    """`loadctl coordinator` for `agents` agents at `bind`, results in `out`, quiet."""
+    argv = [*LOADCTL, "coordinator", str(scenario), "--agents", str(agents), "--bind", bind]
+    return [*argv, "--out", str(out), "--quiet", *extra]
+
+
+def agent_argv(endpoint: str, *extra: str) -> list[str]:
+    return [*LOADCTL, "agent", "--coordinator", endpoint, *extra]
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as s:

@@ -20,7 +20,6 @@ import json
 import random
 import re
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -41,7 +40,7 @@ from loadctl.protocol.messages import Plan, Share
 from loadctl.protocol.scenario import Scenario
 from loadctl.protocol.segments import Stripe
 
-from cluster import free_port
+from cluster import agent_argv, coordinator_argv, free_port
 from target_process import serving
 
 TARGET = "http://127.0.0.1:9"
@@ -376,7 +375,6 @@ def test_a_wrapping_feeder_reuses_only_rows_that_cannot_move(tmp_path: Path) -> 
 
 
 # -- a real cluster ----------------------------------------------------------------------------
-LOADCTL = [sys.executable, "-m", "loadctl"]
 
 
 class Recorder(http.server.ThreadingHTTPServer):
@@ -472,12 +470,10 @@ def test_an_agent_joining_mid_run_gets_rows_nobody_used() -> None:
         procs: list[subprocess.Popen[bytes]] = []
         logs: list[Path] = []
 
-        def start(name: str, *argv: str) -> subprocess.Popen[bytes]:
+        def start(name: str, argv: list[str]) -> subprocess.Popen[bytes]:
             log = directory / f"{name}.err"
             with log.open("wb") as err:
-                proc = subprocess.Popen(
-                    [*LOADCTL, *argv], stdin=subprocess.DEVNULL, stdout=err, stderr=err
-                )
+                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
             procs.append(proc)
             logs.append(log)
             return proc
@@ -487,28 +483,15 @@ def test_an_agent_joining_mid_run_gets_rows_nobody_used() -> None:
 
         try:
             coordinator = start(
-                "coordinator",
-                "coordinator",
-                str(path),
-                "--agents",
-                "2",
-                "--bind",
-                endpoint,
-                "--out",
-                str(out),
-                "--quiet",
-                "--wait",
-                "30",
+                "coordinator", coordinator_argv(path, 2, endpoint, out, "--wait", "30")
             )
-            first = [
-                start(f"agent-{n}", "agent", "--coordinator", endpoint, "--id", n) for n in "ab"
-            ]
+            first = [start(f"agent-{n}", agent_argv(endpoint, "--id", n)) for n in "ab"]
             server.pids.extend(p.pid for p in first)
             deadline = time.monotonic() + 40
             while len(server.seen) < 5:  # the run is on
                 assert time.monotonic() < deadline, report()
                 time.sleep(0.05)
-            joiner = start("agent-c", "agent", "--coordinator", endpoint, "--id", "c")
+            joiner = start("agent-c", agent_argv(endpoint, "--id", "c"))
             server.pids.append(joiner.pid)
             assert coordinator.wait(60) == 0, report()
             for p in procs:

@@ -16,7 +16,6 @@ import json
 import re
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -28,12 +27,11 @@ from typing import Any
 import pytest
 import yaml
 
-from cluster import constant, free_port
+from cluster import agent_argv, constant, coordinator_argv, free_port
 from target_process import running_target
 
 pytestmark = pytest.mark.slow
 
-LOADCTL = [sys.executable, "-m", "loadctl"]
 DEADMAN = 3.0  # seconds of coordinator silence after which agents must have stopped
 
 
@@ -153,26 +151,6 @@ def write_scenario(scenario: dict[str, Any], directory: Path) -> Path:
     path = directory / "scenario.yaml"
     path.write_text(yaml.safe_dump(scenario, sort_keys=False), encoding="utf-8")
     return path
-
-
-def coordinator_argv(scenario: Path, agents: int, bind: str, out: Path, *extra: str) -> list[str]:
-    return [
-        *LOADCTL,
-        "coordinator",
-        str(scenario),
-        "--agents",
-        str(agents),
-        "--bind",
-        bind,
-        "--out",
-        str(out),
-        "--quiet",
-        *extra,
-    ]
-
-
-def agent_argv(endpoint: str, *extra: str) -> list[str]:
-    return [*LOADCTL, "agent", "--coordinator", endpoint, *extra]
 
 
 def counts(base_url: str, timeout: float = 5.0) -> dict[str, Any]:

@@ -28,7 +28,6 @@ from typing import Any
 import pytest
 from test_liveness import (
     DEADMAN,
-    LOADCTL,
     Procs,
     agent_argv,
     constant,
@@ -47,6 +46,7 @@ from test_liveness import (
     write_scenario,
 )
 
+from cluster import LOADCTL
 from netns import Lab, lab, unavailable
 
 _why_not = unavailable()

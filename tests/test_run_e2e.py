@@ -15,7 +15,15 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cluster import LOADCTL, constant, free_port, loadctl, run_scenario, write_scenario
+from cluster import (
+    LOADCTL,
+    constant,
+    coordinator_argv,
+    free_port,
+    loadctl,
+    run_scenario,
+    write_scenario,
+)
 from target_process import running_target
 
 pytestmark = pytest.mark.slow
@@ -28,18 +36,7 @@ def test_exact_counts_over_tcp_with_two_agents() -> None:
         endpoint = f"tcp://127.0.0.1:{free_port()}"
         out = Path(tmp) / "out"
         coordinator = subprocess.Popen(
-            [
-                *LOADCTL,
-                "coordinator",
-                str(path),
-                "--agents",
-                "2",
-                "--bind",
-                endpoint,
-                "--out",
-                str(out),
-                "--quiet",
-            ],
+            coordinator_argv(path, 2, endpoint, out),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
