@@ -166,11 +166,12 @@ class Conn(asyncio.Protocol):
             if head is not None and len(self.head) > _HEAD_MAX:
                 self._fail(SendError("reply head too large"))
                 return
+        parser = self.parser
         try:
-            self.parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
             if isinstance(exc.__context__, _HeadDone):
-                self._new_parser()  # the parser stopped in an error state
+                self._new_parser(parser)  # it stopped in an error state
             else:
                 self._fail(SendError(f"bad HTTP reply: {exc.__context__ or exc}"))
         except httptools.HttpParserUpgrade:
@@ -299,11 +300,16 @@ class Conn(asyncio.Protocol):
         else:
             fut.set_result(Reply(status, self.nbytes))
 
-    def _new_parser(self) -> None:
-        if self.parser is self.lean:
-            self.parser = self.lean = httptools.HttpResponseParser(self)
+    def _new_parser(self, stopped: httptools.HttpResponseParser) -> None:
+        """Replace `stopped`, whichever of the two it is: a callback of `send_soon` may
+        have started the next request (and chosen its parser) before it stopped."""
+        if stopped is self.lean:
+            self.lean = httptools.HttpResponseParser(self)
+            fresh = self.lean
         else:
-            self.parser = self.full = httptools.HttpResponseParser(self.collector)
+            self.full = fresh = httptools.HttpResponseParser(self.collector)
+        if self.parser is stopped:
+            self.parser = fresh
 
     def _fail(self, exc: SendError) -> None:
         fut = self.fut

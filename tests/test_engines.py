@@ -422,6 +422,52 @@ def test_content_length_and_chunked_replies(servers: Servers, engine: str) -> No
     assert chunked.bytes_in > 5000 and chunked0.body == b""
 
 
+def test_next_request_started_from_the_reply_callback(servers: Servers) -> None:
+    """send_soon's callback may start the next request on the same connection while
+    the parser that read the reply has not returned yet; after a HEAD that parser
+    stops in an error state and must be replaced, whichever parser the next request
+    chose (a want_body request uses the other one)."""
+    test = "chain-soon"
+    kinds = [("HEAD", False), ("GET", True), ("GET", False), ("HEAD", True), ("GET", False)]
+    requests = [
+        HttpRequest(servers.http, m, "/bytes/100", headers=(("X-Test", test),), want_body=w)
+        for m, w in kinds * 2
+    ]
+
+    class Chain(Exchange):
+        def __init__(self, client: FastClient, done: asyncio.Future[None]) -> None:
+            super().__init__()
+            self.fast, self.done_fut = client, done
+            self.statuses: list[int] = []
+
+        def replied(self, status: int, nbytes: int) -> None:
+            self.statuses.append(status)
+            if len(self.statuses) < len(requests):  # from inside the parser callback
+                self.fast.send_soon(self.fast.prepare(requests[len(self.statuses)]), 5, self)
+            else:
+                self.done_fut.set_result(None)
+
+        def failed(self, error: SendError) -> None:
+            self.done_fut.set_exception(error)
+
+    async def main() -> list[int]:
+        client = FastClient(1)
+        try:
+            warm = HttpRequest(servers.http, "GET", "/bytes/1", headers=(("X-Test", test),))
+            await client.send(warm, 5)  # an idle connection: the chain runs on callbacks
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            chain = Chain(client, done)
+            client.send_soon(client.prepare(requests[0]), 5, chain)
+            await asyncio.wait_for(done, 30)
+            return chain.statuses
+        finally:
+            await client.close()
+
+    assert run(main) == [200] * len(requests)
+    assert servers.requests[test] == len(requests) + 1
+    assert len(servers.peers[test]) == 1  # one keep-alive connection throughout
+
+
 @engines
 def test_head_has_no_body_and_the_connection_stays_usable(servers: Servers, engine: str) -> None:
     test = f"head-{engine}"
