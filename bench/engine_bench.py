@@ -122,7 +122,7 @@ async def _measured_window(
 
 
 async def _agent_closed_loop(
-    engine: str, url: str, duration: float, concurrency: int
+    engine: str, url: str, duration: float, concurrency: int, think: float = 0.0
 ) -> dict[str, float]:
     """The same closed loop, run by the agent's `Runner` with full measurement on.
 
@@ -167,7 +167,7 @@ async def _agent_closed_loop(
                     "name": "closed",
                     "executor": "constant-users",
                     "users": concurrency,
-                    "think": 0,
+                    "think": think,
                     "grace": 1.0,
                     # warm-up interval, measured intervals, and a little beyond the last cut
                     "duration": (intervals + 1) * interval + 0.25,
@@ -221,15 +221,16 @@ async def _agent_closed_loop(
 
 
 def worker_main(
-    engine: str, url: str, duration: float, concurrency: int, bare: bool = False
+    engine: str, url: str, duration: float, concurrency: int, bare: bool, think: float
 ) -> None:
     import uvloop
 
     if engine == "floor":
         result = uvloop.run(_floor_loop(url, duration, concurrency))
+    elif bare:
+        result = uvloop.run(_closed_loop(engine, url, duration, concurrency))
     else:
-        loop = _closed_loop if bare else _agent_closed_loop
-        result = uvloop.run(loop(engine, url, duration, concurrency))
+        result = uvloop.run(_agent_closed_loop(engine, url, duration, concurrency, think))
     print(json.dumps(result))
 
 
@@ -464,9 +465,10 @@ def main() -> None:
     )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--think", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker_main(args.worker, args.url, args.duration, args.concurrency, args.bare)
+        worker_main(args.worker, args.url, args.duration, args.concurrency, args.bare, args.think)
         return
     with serve_target() as (url, target):
         report(url, target, args)
