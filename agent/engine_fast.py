@@ -11,7 +11,10 @@ again, so nearly all of that work can be done once: each `HttpRequest` is
 serialised to bytes once and cached, each connection is an
 `asyncio.Protocol` that owns its `httptools` (llhttp) parser for its
 lifetime, and a reply costs one future, one `Reply` and three Python
-callbacks (data received, headers complete, message complete). Header and
+callbacks (data received, headers complete, message complete); through
+`send_soon` (an `Exchange`), not even the future and the `Reply`: the
+callbacks' caller records the reply and sends its next request from inside
+them, which is how the agent's users and arrivals run. Header and
 body bytes only become Python objects when the request asks for them
 (`want_body`). Timeouts use one sweep timer per client, not one per request.
 

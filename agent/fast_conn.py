@@ -3,7 +3,7 @@
 One `Conn` carries one request at a time (no pipelining). The hot path is
 `start` (write the cached request bytes) then `data_received` ->
 `on_message_complete` (complete the waiter with a `Reply`). The waiter is the
-future `FastClient.send` awaits, or a `Handoff` that runs the caller's callback
+future `FastClient.send` awaits, or an `Exchange` that runs the caller's callback
 at once (`FastClient.send_soon`). The connection is
 also the callbacks object of its "lean" parser, which has no header or body
 callbacks, so header and body bytes never become Python objects; requests
@@ -29,7 +29,7 @@ _HEAD_MAX: Final = 1 << 20  # a reply head larger than this is an error
 
 
 class Waiter(Protocol):
-    """What a request in flight completes: an asyncio future, or a `Handoff`."""
+    """What a request in flight completes: an asyncio future, or an `Exchange`."""
 
     def done(self) -> bool: ...
 
