@@ -11,8 +11,9 @@ records the outcome and writes its next request in the same call. No task
 runs between two requests of a user.
 
 Only what needs no awaiting per request runs this way (`drivable`): static
-requests without checks, extractions or `once`, no feeder, no Python flow, the
-agent's shared fast client. Anything else runs as the coroutine users of
+requests without checks, extractions or `once`, no feeder, no Python flow, no
+cookies, on the fast engine (its shared pool, or with `connections: per-user` a
+client of the user's own, closed at its end). Anything else runs as the coroutine users of
 `users.py`, which measure the same things in the same way.
 
 Each user still has a task (the controller in `users.py` starts, stops and
@@ -44,11 +45,11 @@ if TYPE_CHECKING:
 _EDGE = 1e-9  # seconds: an arrival this close to an interval's end is placed by the runner
 
 
-def drivable(phase: Phase, mix: Mix | None, steps: dict[str, Step], client: object) -> bool:
-    """Whether the users of `phase` can run as `DrivenUser`s on `client`."""
+def drivable(phase: Phase, mix: Mix | None, steps: dict[str, Step], engine: str) -> bool:
+    """Whether the users of `phase` can run as `DrivenUser`s on `engine`."""
     if mix is None or is_python_flow(phase.flow) or phase.data is not None:
         return False
-    if phase.connections == "per-user" or phase.cookies or not isinstance(client, FastClient):
+    if engine != "fast" or phase.cookies:
         return False
     return all(
         not (s.once or steps[s.name].templated or steps[s.name].evaluates or s.abort_on_fail)
@@ -74,8 +75,10 @@ class DrivenUser(Exchange):
         client: FastClient,
         user: _User,
         pause: Callable[[], float],
+        own_client: bool = False,
     ) -> None:
         super().__init__()
+        self.own_client = own_client  # the user's own connection: closed at its end
         self.runner = runner
         self.recorder = runner.recorder
         self.sender = runner.sender
@@ -105,11 +108,13 @@ class DrivenUser(Exchange):
         self.boundary = 0.0
 
     async def run(self) -> None:
-        self.step()
         try:
+            self.step()
             await self.finished
         finally:
             self.halt()
+            if self.own_client:
+                await self.fast_client.close()
 
     def step(self) -> None:
         """Send the next request, or end the user."""

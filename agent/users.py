@@ -117,16 +117,16 @@ async def run_user_phase(runner: Runner, state: PhaseState) -> None:
     loop = asyncio.get_running_loop()
     # the hot path: users run by callbacks when the phase needs no awaiting per request
     own = phase.connections == "per-user" or phase.cookies
-    shared = None if own else runner.shared_client()
-    driven = isinstance(shared, FastClient) and drivable(phase, mix, kit.steps, shared)
+    driven = drivable(phase, mix, kit.steps, runner.engine)
 
     def start_user(u: int) -> None:
         user = _User(u)
         if driven:
-            assert mix is not None and isinstance(shared, FastClient)
+            client = runner.new_client(1) if own else runner.shared_client()
+            assert mix is not None and isinstance(client, FastClient)
             rng = random.Random(hash((runner.plan.run_id, phase.name, u)))
             pause = functools.partial(think_seconds, phase.think, rng)
-            driver = DrivenUser(runner, phase, mix, kit.steps, shared, user, pause)
+            driver = DrivenUser(runner, phase, mix, kit.steps, client, user, pause, own)
             task = loop.create_task(driver.run())
         else:
             task = loop.create_task(_user_loop(runner, state, mix, user))

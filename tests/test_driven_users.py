@@ -138,6 +138,18 @@ def test_more_users_than_connections_wait_for_one() -> None:
     assert 50 <= served <= 2 * 1.5 / 0.005 * 1.2
 
 
+def test_users_with_a_connection_each() -> None:
+    """`connections: per-user`: each user's own client, closed when the phase ends."""
+    phase = {"users": 8, "duration": 1.5, "grace": 1.0, "connections": "per-user"}
+    with running_target("--latency", "5ms") as target:
+        out = run_phase(target.url, phase, ITEM, connections=2)  # the shared pool's size
+        served = target.counts()["total"]
+    assert_all_recorded(out)
+    assert out.outcomes == {"2xx": served}
+    # eight connections, not the shared pool's two: more than two at a time were served
+    assert served > 2 * 1.5 / 0.005 * 1.2
+
+
 def test_think_time_and_a_sequence_flow() -> None:
     """Each user sends a then b, thinking 50 ms after each: 4 users x 1.5 s / 50 ms."""
     requests = [{"name": "a", "path": "/api/inventory/items/1"}, {"name": "b", "path": "/health"}]
