@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from loadctl.agent.engine_fast import Exchange, FastClient
 from loadctl.agent.fast_conn import Prepared
-from loadctl.agent.http import OUTCOME_BY_CLASS, SendError
+from loadctl.agent.http import SendError, outcome_of_class
 from loadctl.agent.recorder import SeriesBuffer
 from loadctl.agent.requests import Mix
 from loadctl.protocol.journey import is_python_flow
@@ -160,7 +160,7 @@ class DrivenUser(Exchange):
         if not self.waiting:
             return  # cancelled meanwhile
         if not outcome:
-            outcome = OUTCOME_BY_CLASS[status // 100] if status < 600 else "error"
+            outcome = outcome_of_class(status)
         self.waiting = False
         self.sender.in_flight -= 1
         self.user.busy = False

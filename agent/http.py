@@ -30,12 +30,12 @@ OUTCOMES: tuple[str, ...] = (
 )
 
 
-OUTCOME_BY_CLASS = ("error", "error", "2xx", "3xx", "4xx", "5xx")  # by status // 100
+_BY_CLASS = ("error", "error", "2xx", "3xx", "4xx", "5xx")  # by status // 100
 
 
 def outcome_of_class(status: int) -> str:
     """`outcome_of_status` for a status from a parsed reply (100-999): a lookup."""
-    return OUTCOME_BY_CLASS[status // 100] if status < 600 else "error"
+    return _BY_CLASS[status // 100] if status < 600 else "error"
 
 
 def outcome_of_status(status: int) -> str:
