@@ -169,11 +169,16 @@ def test_cancelled_waiters_leave_nothing_behind(loop_kind: str) -> None:
         assert found.timer.drain() == 0
 
         # cancelled after its deadline was reached but before it ran: no harm done
-        late = loop.create_task(wait_until(time.perf_counter() + 0.003))
-        await asyncio.sleep(0.001)
+        deadline = time.perf_counter() + 0.05
+        late = loop.create_task(wait_until(deadline))
+        for _ in range(100):  # until it waits: it must not find its deadline passed already
+            if found.waiting:
+                break
+            await asyncio.sleep(0)
+        assert found.waiting == 1
         while found.waiting:
-            time.sleep(0.0005)  # block the loop past the deadline...
-            found._expired()  # ...and resolve the entry as an expiry would
+            time.sleep(max(0.0, deadline - time.perf_counter()) + 0.0005)  # block the loop...
+            found._expired()  # ...past the deadline, and resolve the entry as an expiry would
         late.cancel()
         with pytest.raises(asyncio.CancelledError):
             await late
