@@ -15,10 +15,12 @@ schedule exactly while latencies land in the interval where they finished.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from loadctl.protocol.histogram import Histogram
+from loadctl.protocol.histogram_table import to_table
 from loadctl.protocol.messages import Series
 
 _NS = 1e9
@@ -60,13 +62,14 @@ class SeriesBuffer:
             name=self.name,
             arrivals=self.arrivals,
             outcomes=dict(self.outcomes),
-            latency=_histogram(self.latency).to_wire(),
-            service=_histogram(self.service).to_wire(),
-            send_lag=_histogram(self.send_lag).to_wire(),
             bytes_in=self.bytes_in,
             checks_passed=self.checks_passed,
             checks_failed=self.checks_failed,
         )
+
+    def histograms(self) -> tuple[Histogram, Histogram, Histogram]:
+        """Latency, service and send lag, binned from this interval's raw seconds."""
+        return _histogram(self.latency), _histogram(self.service), _histogram(self.send_lag)
 
 
 # Outcomes that got an HTTP status: their latency is a real response time.
@@ -112,7 +115,9 @@ class Recorder:
             buffer = self._buffers[key] = SeriesBuffer(phase, name)
         return buffer
 
-    def cut(self) -> tuple[Series, ...]:
+    def cut(self) -> tuple[tuple[Series, ...], list[Any]]:
+        """The interval's series and the table of their histograms (three per
+        series, in order; see histogram_table); the buffers start over."""
         buffers, self._buffers = self._buffers, {}
         # Keep the keys alive for the next interval so hot-path lookups hit.
         for key in buffers:
@@ -120,4 +125,7 @@ class Recorder:
         self.index += 1
         for early in [k for k in self._early if k[0] <= self.index]:
             self.series(early[1], early[2]).arrivals += self._early.pop(early)
-        return tuple(b.to_series() for b in buffers.values() if not b.is_empty)
+        full = [b for b in buffers.values() if not b.is_empty]
+        return tuple(b.to_series() for b in full), to_table(
+            [h for b in full for h in b.histograms()]
+        )

@@ -36,7 +36,8 @@ from loadctl.protocol.scenario import Phase, Scenario, parse_phases
 _CUT_DELAY = 0.05
 
 # Called with (interval index, start, end on the coordinator clock, series, final).
-SnapshotSink = Callable[[int, float, float, tuple[Series, ...]], Awaitable[None]]
+# (interval, start, end, series, the table of their histograms)
+SnapshotSink = Callable[[int, float, float, tuple[Series, ...], list[Any]], Awaitable[None]]
 
 
 @dataclass
@@ -198,7 +199,7 @@ class Runner:
         index = self._next_cut  # the final cut takes whatever the pending interval holds
         self._next_cut = index + 1
         start = self.coordinator_time(index * self.interval)
-        await self.sink(index, start, start + self.interval, self.recorder.cut())
+        await self.sink(index, start, start + self.interval, *self.recorder.cut())
 
     def describe(self) -> dict[str, Any]:
         return {"engine": self.engine, "engine_note": self.engine_note}

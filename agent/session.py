@@ -349,7 +349,12 @@ class AgentSession:
         await self.link.resend_due(sent_before=time.monotonic() - RESEND_AFTER)
 
     async def _sink(
-        self, interval: int, start: float, end: float, series: tuple[Series, ...]
+        self,
+        interval: int,
+        start: float,
+        end: float,
+        series: tuple[Series, ...],
+        histograms: list[Any],
     ) -> None:
         runner = self.runner
         assert runner is not None
@@ -361,6 +366,7 @@ class AgentSession:
             start=start,
             end=end,
             series=series,
+            histograms=histograms,
             active_users=runner.users_at_cut,
             in_flight=runner.sender.in_flight,
             cpu_percent=self.snapshot_process.cpu_percent(None),

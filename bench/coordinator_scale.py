@@ -196,24 +196,26 @@ def coordinator_main(
 # -- simulated agents -------------------------------------------------------------------
 
 
-def make_series_variant(rng: np.random.Generator) -> list[Any]:
-    """One interval's 10 series as Series objects: realistic histogram densities."""
+def make_series_variant(rng: np.random.Generator) -> tuple[list[Any], list[Any]]:
+    """One interval's 10 series as Series objects and the table of their histograms:
+    realistic histogram densities."""
     from loadctl.protocol.histogram import Histogram
+    from loadctl.protocol.histogram_table import to_table
     from loadctl.protocol.messages import Series
 
     series = []
+    histograms = []
     for name in NAMES:
         n = int(np.exp(rng.uniform(np.log(200), np.log(3000))))  # 200..3,000 per name per s
         latency = rng.lognormal(np.log(rng.uniform(5e6, 50e6)), 0.6, n)  # ns
         service = latency * rng.uniform(0.7, 1.0, n)
         send_lag = rng.lognormal(np.log(300e3), 0.8, n)
-        hists = []
         for values in (latency, service, send_lag):
             h = Histogram()
             h.record_many(values)
-            hists.append(h.to_wire())
-        series.append(Series(PHASE, name, n, {"2xx": n}, *hists, bytes_in=n * 512))
-    return series
+            histograms.append(h)
+        series.append(Series(PHASE, name, n, {"2xx": n}, bytes_in=n * 512))
+    return series, to_table(histograms)
 
 
 @dataclass
@@ -244,11 +246,11 @@ class SnapshotFrames:
         self.packer = msgpack.Packer(use_bin_type=True)
         from loadctl.protocol.messages import PROTOCOL_VERSION, Snapshot
 
-        # [version, type (Snapshot), [11 fields]]: a fixarray of 3, then one of 11
+        # [version, type (Snapshot), [12 fields]]: a fixarray of 3, then one of 12
         self.header = b"\x93" + self.packer.pack(PROTOCOL_VERSION) + self.packer.pack(Snapshot.TYPE)
-        self.header += b"\x9b"
+        self.header += b"\x9c"
         for _ in range(VARIANTS):
-            series = make_series_variant(rng)
+            series, table = make_series_variant(rng)
             blob = self.packer.pack(
                 [
                     [
@@ -256,9 +258,6 @@ class SnapshotFrames:
                         s.name,
                         s.arrivals,
                         s.outcomes,
-                        s.latency,
-                        s.service,
-                        s.send_lag,
                         s.bytes_in,
                         s.checks_passed,
                         s.checks_failed,
@@ -266,9 +265,11 @@ class SnapshotFrames:
                     for s in series
                 ]
             )
+            blob += self.packer.pack(table)
             self.variants.append((blob, sum(s.arrivals for s in series)))
-            self.slots.extend(int(s.latency[0]) for s in series)  # n, the first field
-            self._series = series
+            ns = np.frombuffer(table[1], dtype="<u2")
+            self.slots.extend(int(n) for n in ns[::3])  # the latency histograms' slots
+            self._series, self._table = series, table
         self._check(rng)
 
     def frame(
@@ -311,6 +312,7 @@ class SnapshotFrames:
             start,
             start + INTERVAL,
             tuple(self._series),
+            self._table,
             50,
             20,
             35.0,

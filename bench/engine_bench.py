@@ -51,6 +51,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 NGINX = "/usr/sbin/nginx"
 WRK = "/usr/bin/wrk"
@@ -182,7 +183,9 @@ async def _agent_closed_loop(
     marks: dict[int, tuple[float, resource.struct_rusage]] = {}
     runner: Runner
 
-    async def sink(index: int, start: float, end: float, series: tuple[Series, ...]) -> None:
+    async def sink(
+        index: int, start: float, end: float, series: tuple[Series, ...], histograms: list[Any]
+    ) -> None:
         # What the agent's session does with each cut (less the ZeroMQ send).
         encode(
             Snapshot(
@@ -193,6 +196,7 @@ async def _agent_closed_loop(
                 start=start,
                 end=end,
                 series=series,
+                histograms=histograms,
                 active_users=runner.users_at_cut,
                 in_flight=runner.sender.in_flight,
                 cpu_percent=process.cpu_percent(None),

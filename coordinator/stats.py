@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from loadctl.protocol.histogram import Histogram, WireBatch, WireParts, decode_wire, decode_wires
-from loadctl.protocol.messages import Series
+from loadctl.protocol.histogram import Histogram, WireBatch, WireParts
+from loadctl.protocol.histogram_table import decode_tables
+from loadctl.protocol.messages import Series, Snapshot
 
 PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9, 99.99)
 ERROR_OUTCOMES = ("4xx", "5xx", "timeout", "connect_error", "error")
@@ -30,8 +31,8 @@ class Totals:
     checks_passed: int = 0
     checks_failed: int = 0
 
-    def add_series(self, s: Series, parts: SeriesParts) -> None:
-        """Add one wire series whose histograms `validate_series` already decoded."""
+    def add_series(self, s: Series, parts: tuple[WireParts, WireParts, WireParts]) -> None:
+        """Add one series whose histograms `validate_snapshots` already decoded."""
         self.latency.add_parts(parts[0])
         self.service.add_parts(parts[1])
         self.send_lag.add_parts(parts[2])
@@ -88,33 +89,26 @@ class Totals:
         }
 
 
-SeriesParts = tuple[WireParts, WireParts, WireParts]
-
-
-def validate_series(s: Series) -> SeriesParts:
-    """Check a wire series completely before anything is merged; ValueError if malformed.
-
-    Decoding once to sparse parts and adding those (rather than building dense
-    histograms per series) keeps a merge at a few microseconds per histogram.
-    """
-    counters = [s.arrivals, s.bytes_in, s.checks_passed, s.checks_failed, *s.outcomes.values()]
-    if any(v < 0 or v > _MAX_COUNTER for v in counters):
-        raise ValueError("counters out of range")
-    return decode_wire(s.latency), decode_wire(s.service), decode_wire(s.send_lag)
-
-
-def validate_snapshot_series(series: Sequence[Series]) -> WireBatch:
-    """`validate_series` for all of a snapshot's series at once: ValueError if any is
-    malformed; else their histograms (latency, service, send_lag of each, in order),
-    validated together, ready for one merge (`add_batch`)."""
+def validate_snapshots(snapshots: Sequence[Snapshot]) -> WireBatch:
+    """Check snapshots' series completely before anything is merged: ValueError if
+    any is malformed; else all their histograms (latency, service, send_lag of each
+    series, snapshot after snapshot), validated together, ready for one merge
+    (`add_batch`)."""
     counters = [
-        v for s in series for v in (s.arrivals, s.bytes_in, s.checks_passed, s.checks_failed)
+        v
+        for snapshot in snapshots
+        for s in snapshot.series
+        for v in (s.arrivals, s.bytes_in, s.checks_passed, s.checks_failed)
     ]
-    for s in series:
-        counters += s.outcomes.values()
+    for snapshot in snapshots:
+        for s in snapshot.series:
+            counters += s.outcomes.values()
     if counters and (min(counters) < 0 or max(counters) > _MAX_COUNTER):
         raise ValueError("counters out of range")
-    return decode_wires([w for s in series for w in (s.latency, s.service, s.send_lag)])
+    return decode_tables(
+        [snapshot.histograms for snapshot in snapshots],
+        [3 * len(snapshot.series) for snapshot in snapshots],
+    )
 
 
 _MAX_COUNTER = 2**62

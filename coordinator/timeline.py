@@ -5,12 +5,13 @@ start on the coordinator's clock, so every agent's interval i is the same
 second). Duplicates — the same (agent, seq) resent after a lost ack — are
 dropped here, so a resend can never count twice.
 
-Cost: a snapshot's histograms are validated together (`decode_wires`) and
-merged into its interval in one scatter: an open interval keeps the dense
-counts of all its series as rows of one block. The run totals are not
-touched per snapshot: an interval is folded into them once, when it is
-compacted or when the totals are read, and only snapshots that arrive for an
-interval already folded are added to both.
+Cost: a snapshot's histograms arrive as one table, validated column by column
+(`decode_tables`; the tables of many snapshots together) and merged into its
+interval in one scatter: an open interval keeps the dense counts of all its
+series as rows of one block. The run totals are not touched per snapshot: an
+interval is folded into them once, when it is compacted or when the totals are
+read, and only snapshots that arrive for an interval already folded are added
+to both.
 
 Memory: once an interval is a few intervals old it is compacted to the sparse
 wire form, and re-inflated only if a late snapshot for it arrives. So memory
@@ -31,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from loadctl.coordinator.seqs import SeqSet
-from loadctl.coordinator.stats import Totals, validate_snapshot_series
+from loadctl.coordinator.stats import Totals, validate_snapshots
 from loadctl.protocol.histogram import COUNTS_LEN, Histogram, WireBatch, add_batch, check_batch
 from loadctl.protocol.messages import Series, Snapshot
 
@@ -230,7 +231,7 @@ class Timeline:
             raise ValueError(f"interval index {snapshot.interval} out of range")
         series = snapshot.series
         # Validate every histogram first: a malformed one must not leave half a snapshot merged.
-        batch = validate_snapshot_series(series)
+        batch = validate_snapshots((snapshot,))
         keys = [(s.phase, s.name) for s in series]
         record = self._record(snapshot)
         if record.folded:  # a late snapshot: into the interval and the totals
@@ -274,7 +275,7 @@ class Timeline:
             if interval >= 0 and len(chosen) > 1:
                 series = [s for snapshot in chosen for s in snapshot.series]
                 try:
-                    batch = validate_snapshot_series(series)
+                    batch = validate_snapshots(chosen)
                     record = self._record(chosen[0])
                     record.merge([(s.phase, s.name) for s in series], series, batch)
                 except ValueError:

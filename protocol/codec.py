@@ -202,8 +202,8 @@ def _converter_for(tp: Any) -> _Converter:
         return _sequence(_converter_for(args[0]))
     if origin is typing.Annotated:
         if OPAQUE in args[1:]:
-            # The receiver validates every field (Histogram wire forms, checked by
-            # decode_wire before any merge); walking them here too would double the
+            # The receiver validates every field (histogram tables, checked by
+            # decode_tables before any merge); walking them here too would double the
             # cost of the coordinator's hottest path. Only the container is checked.
             return _exact(_container(args[0]))
         return _converter_for(args[0])

@@ -40,7 +40,6 @@ from loadctl.protocol.histogram_wire import (
     add_batch,
     check_batch,
     decode_wire,
-    decode_wires,
 )
 
 __all__ = [
@@ -58,7 +57,6 @@ __all__ = [
     "add_batch",
     "check_batch",
     "decode_wire",
-    "decode_wires",
     "index_of",
     "indices_of",
 ]

@@ -15,9 +15,7 @@ and the batched merge into the rows of a block."""
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Sequence
-from itertools import accumulate, chain, compress, groupby
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -29,7 +27,6 @@ from loadctl.protocol.hdr_layout import (
     HIGHEST,
     _exact_sum,
     index_of,
-    indices_of,
 )
 
 if TYPE_CHECKING:
@@ -117,29 +114,32 @@ def decode_wire(d: Sequence[Any]) -> WireParts:
 
 
 _NO_SLOTS: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
+_SEQUENCES = (list, tuple)
 
 
-# -- many wire forms at once ------------------------------------------------------------
+# -- many histograms at once -------------------------------------------------------------
 #
 # A snapshot carries dozens of histograms of a few hundred to a few thousand slots
 # each. Checked one by one, each costs some ten numpy calls, and call overhead, not
-# the slots, dominates. decode_wires runs the same checks as decode_wire over the
-# concatenation of their bytes (segment sums with reduceat, one prefix sum whose
-# segment starts are corrected so each histogram's indices restart), and add_batch
-# merges them into the rows of one block in one scatter.
+# the slots, dominates. So a snapshot's histograms travel as one table
+# (histogram_table), whose decoder runs decode_wire's checks column by column over
+# the tables of many snapshots and hands over a WireBatch; add_batch merges it into
+# the rows of one block in one scatter (one prefix sum whose segment starts are
+# corrected so each histogram's indices restart at its row).
 
 
 class WireBatch:
-    """Validated wire forms of several histograms, flattened (see `decode_wires`).
+    """Several validated histograms, flattened (see `histogram_table.decode_tables`).
 
     `lengths[k]` is histogram k's number of non-empty slots and `scalars[k]` its
     (count, overflow, min, max). Their slots, histogram after histogram, are kept
-    as decoded: `deltas` (index deltas), `at` (where each non-empty histogram
-    starts in them), `lasts` (its last index) and `cnt` (the counts); the prefix
-    sum that turns deltas into indices is left to the merge, which folds the
-    target rows into it (`add_batch`), or done on demand (`idx`, `parts`)."""
+    as decoded: `deltas` (index deltas, as narrow as they came, except that those
+    at `wide[0]` are `wide[1]`), `at` (where each non-empty histogram starts in
+    them), `lasts` (its last index) and `cnt` (the counts); the prefix sum that
+    turns deltas into indices is left to the merge, which folds the target rows
+    into it (`add_batch`), or done on demand (`idx`, `parts`)."""
 
-    __slots__ = ("_idx", "at", "cnt", "deltas", "lasts", "lengths", "scalars")
+    __slots__ = ("_idx", "at", "cnt", "deltas", "lasts", "lengths", "scalars", "wide")
 
     def __init__(
         self,
@@ -148,14 +148,16 @@ class WireBatch:
         lasts: npt.NDArray[np.int64],
         cnt: npt.NDArray[np.uint64],
         lengths: list[int],
-        scalars: list[tuple[int, int, int, int]],
+        scalars: Sequence[Sequence[int]],
+        wide: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None = None,
     ) -> None:
         self.deltas = deltas
         self.at = at
         self.lasts = lasts
         self.cnt = cnt
         self.lengths = lengths
-        self.scalars = scalars
+        self.scalars = scalars  # (count, overflow, min, max) of each
+        self.wide = wide
         self._idx: npt.NDArray[np.int64] | None = None
 
     def __len__(self) -> int:
@@ -172,13 +174,16 @@ class WireBatch:
         """Histogram k as `decode_wire` returns it."""
         a = sum(self.lengths[:k])
         b = a + self.lengths[k]
-        return (self.idx[a:b], self.cnt[a:b], *self.scalars[k])
+        count, overflow, mn, mx = self.scalars[k]
+        return self.idx[a:b], self.cnt[a:b], count, overflow, mn, mx
 
 
 def _prefix_sums(batch: WireBatch, offsets: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
     """Each non-empty histogram's indices plus its offset, in one prefix sum: the delta
     that starts histogram k also undoes where histogram k - 1 ended."""
     out = batch.deltas.astype(np.int64)
+    if batch.wide is not None:
+        out[batch.wide[0]] = batch.wide[1]
     if out.size:
         at = batch.at
         out[at[0]] += offsets[0]
@@ -186,118 +191,6 @@ def _prefix_sums(batch: WireBatch, offsets: npt.NDArray[np.int64]) -> npt.NDArra
             out[at[1:]] += offsets[1:] - offsets[:-1] - batch.lasts[:-1]
         np.cumsum(out, out=out)
     return out
-
-
-def decode_wires(wires: Sequence[Any]) -> WireBatch:
-    """`decode_wire` for many wire forms at once: the same checks, vectorised across
-    them. HistogramWireError (naming the first bad one's problem) if any is malformed.
-
-    The fast path takes what `to_wire` writes (2-byte index deltas, counts of 1, 2 or
-    4 bytes); anything else, or anything it doubts, goes through `decode_wire` one by
-    one, so both accept and reject exactly the same inputs. Its checks run column by
-    column in builtins (a snapshot batch holds thousands of histograms)."""
-    if not wires:
-        return WireBatch(_NO_DELTAS, _NO_STARTS, _NO_SLOTS, _NO_COUNTS, [], [])
-    if set(map(type, wires)) != _LIST or set(map(len, wires)) != _NINE:
-        return _decode_each(wires)
-    ns, iws, ibs, cws, cbs, counts, overflows, mins, maxs = zip(*wires, strict=True)
-    if not (
-        set(map(type, chain(ns, iws, cws, counts, overflows, mins, maxs))) == _INT
-        and set(map(type, chain(ibs, cbs))) == _BYTES
-        and set(iws) == _TWO
-        and set(cws) <= _CW_FAST
-        and min(ns) >= 0
-        and max(ns) <= COUNTS_LEN
-        and min(chain(overflows, mins)) >= 0
-        and max(chain(counts, maxs)) <= _MAX_INT
-        and all(map(operator.le, overflows, counts))
-        and all(map(operator.le, mins, maxs))
-        and list(map(len, ibs)) == list(map(operator.add, ns, ns))
-        and list(map(len, cbs)) == list(map(operator.mul, ns, cws))
-    ):
-        return _decode_each(wires)
-    lengths = list(ns)
-    scalars = list(zip(counts, overflows, mins, maxs, strict=True))
-    if 0 in ns:  # empty ones: only overflow, or nothing at all
-        for n, (count, overflow, mn, mx) in zip(ns, scalars, strict=True):
-            if n == 0 and (count != overflow or (mx if count == 0 else mn <= HIGHEST)):
-                return _decode_each(wires)
-        if not any(ns):
-            return WireBatch(_NO_DELTAS, _NO_STARTS, _NO_SLOTS, _NO_COUNTS, lengths, scalars)
-        full_ns = [n for n in ns if n]
-        mins, maxs, overflows, counts = (
-            tuple(compress(column, ns)) for column in (mins, maxs, overflows, counts)
-        )
-    else:
-        full_ns = lengths
-    if max(mins) > HIGHEST:  # min is in a slot (only empty ones hold overflow only)
-        return _decode_each(wires)
-    deltas = np.frombuffer(b"".join(ibs), dtype=_INDEX_DTYPES[2])
-    total = deltas.size
-    at = np.fromiter(accumulate(full_ns, initial=0), dtype=np.intp, count=len(full_ns) + 1)[:-1]
-    firsts = deltas[at]
-    # strictly increasing: every delta but a first one is non-zero (per histogram, the
-    # non-zero deltas are at most n - [first == 0], so equal sums mean equal terms)
-    if np.count_nonzero(deltas) != total - (at.size - np.count_nonzero(firsts)):
-        return _decode_each(wires)
-    # a histogram's deltas sum to its last index (< 2^32: n < 2^16 deltas below 2^16)
-    lasts = np.add.reduceat(deltas, at, dtype=np.uint32).astype(np.int64)
-    if int(lasts.max()) >= COUNTS_LEN:
-        return _decode_each(wires)
-    # min in the first slot; max in the last one, or above HIGHEST with overflow only
-    over = np.array(overflows, dtype=np.int64) > 0
-    top = np.array(maxs, dtype=np.int64)
-    if not (
-        np.array_equal(indices_of(np.array(mins, dtype=np.int64)), firsts)
-        and np.array_equal(top > HIGHEST, over)
-        and np.array_equal(indices_of(np.where(over, 0, top)), np.where(over, 0, lasts))
-    ):
-        return _decode_each(wires)
-    if len(set(cws)) == 1:
-        raw = [np.frombuffer(b"".join(cbs), dtype=_COUNT_DTYPES[cws[0]])]
-    else:  # runs of equal width, each read at once
-        runs = groupby(zip(cws, cbs, strict=True), key=_FIRST)
-        raw = [
-            np.frombuffer(b"".join(map(_SECOND, run)), dtype=_COUNT_DTYPES[w]) for w, run in runs
-        ]
-    if sum(map(np.count_nonzero, raw)) != total:  # on the narrow counts: cheaper
-        return _decode_each(wires)
-    cnt = raw[0].astype(np.uint64) if len(raw) == 1 else np.concatenate(raw, dtype=np.uint64)
-    sums = np.add.reduceat(cnt, at)  # < n * 2^32 each: no wrap-around
-    if sums.tolist() != list(map(operator.sub, counts, overflows)):
-        return _decode_each(wires)
-    return WireBatch(deltas, at, lasts, cnt, lengths, scalars)
-
-
-_FIRST, _SECOND = operator.itemgetter(0), operator.itemgetter(1)
-_LIST, _INT, _BYTES = frozenset((list,)), frozenset((int,)), frozenset((bytes,))
-_SEQUENCES = (list, tuple)
-_NINE, _TWO, _CW_FAST = frozenset((9,)), frozenset((2,)), frozenset((1, 2, 4))
-
-
-def _decode_each(wires: Sequence[Any]) -> WireBatch:
-    """One by one through decode_wire: raises its precise error, or builds the batch."""
-    parts = [decode_wire(d) for d in wires]
-    full = [p for p in parts if p[0].size]
-    if not full:
-        return WireBatch(
-            _NO_DELTAS,
-            _NO_STARTS,
-            _NO_SLOTS,
-            _NO_COUNTS,
-            [0] * len(parts),
-            [(p[2], p[3], p[4], p[5]) for p in parts],
-        )
-    sizes = np.array([p[0].size for p in full], dtype=np.intp)
-    return WireBatch(
-        # indices < COUNTS_LEN < 2^16: each histogram's deltas fit 16 bits
-        np.concatenate([np.diff(p[0], prepend=0) for p in full]).astype(np.uint16),
-        np.cumsum(sizes) - sizes,
-        np.array([int(p[0][-1]) for p in full], dtype=np.int64),
-        np.concatenate([p[1] for p in full], dtype=np.uint64),
-        [int(p[0].size) for p in parts],
-        [(p[2], p[3], p[4], p[5]) for p in parts],
-    )
 
 
 def check_batch(histograms: Sequence[Histogram], batch: WireBatch) -> None:
@@ -336,8 +229,3 @@ def add_batch(
     for h, (count, overflow, mn, mx) in zip(histograms, batch.scalars, strict=True):
         if count:
             h._add_scalars(count, overflow, mn, mx)
-
-
-_NO_COUNTS: npt.NDArray[np.uint64] = np.zeros(0, dtype=np.uint64)
-_NO_DELTAS: npt.NDArray[np.uint16] = np.zeros(0, dtype=np.uint16)
-_NO_STARTS: npt.NDArray[np.intp] = np.zeros(0, dtype=np.intp)

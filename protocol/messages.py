@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar
 
 # 2: histograms' wire forms are lists of their nine fields, not maps (histogram_wire)
-PROTOCOL_VERSION = 2
+# 3: a snapshot's histograms travel as one columnar table (histogram_table)
+PROTOCOL_VERSION = 3
 
-# A histogram in its sparse wire form (see Histogram.to_wire). The codec checks
-# only that it is a list: Histogram's decode_wire validates it completely.
+# All of a snapshot's histograms in their table form (see histogram_table.to_table).
+# The codec checks only that it is a list: decode_tables validates it completely.
 OPAQUE = "opaque"
-WireHistogram = Annotated[list[Any], OPAQUE]
+WireTable = Annotated[list[Any], OPAQUE]
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,15 +118,15 @@ class PlanUpdate:
 
 @dataclass(frozen=True, slots=True)
 class Series:
-    """One interval's results for one (phase, request name)."""
+    """One interval's counters for one (phase, request name). Its three histograms
+    are in the snapshot's table: latency (from the intended start: coordinated
+    omission corrected), service (from the actual send) and send_lag (actual send
+    minus intended start), series after series."""
 
     phase: str
     name: str
     arrivals: int  # arrivals whose intended time fell in this interval
     outcomes: dict[str, int]  # outcome class -> completed count (see agent.http.OUTCOMES)
-    latency: WireHistogram  # from the intended start (coordinated omission corrected)
-    service: WireHistogram  # from the actual send
-    send_lag: WireHistogram  # actual send minus intended start
     bytes_in: int = 0
     checks_passed: int = 0
     checks_failed: int = 0
@@ -141,6 +142,7 @@ class Snapshot:
     start: float  # coordinator clock
     end: float
     series: tuple[Series, ...]
+    histograms: WireTable  # 3 per series: latency, service, send_lag
     active_users: int
     in_flight: int
     cpu_percent: float

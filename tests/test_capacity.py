@@ -26,6 +26,7 @@ from loadctl.coordinator.reports.capacity import capacity_html, capacity_markdow
 from loadctl.coordinator.run import Coordinator
 from loadctl.coordinator.timeline import Timeline
 from loadctl.protocol.histogram import Histogram
+from loadctl.protocol.histogram_table import to_table
 from loadctl.protocol.messages import Hello, Series, Snapshot
 from loadctl.protocol.scenario import Scenario
 from loadctl.protocol.thresholds import parse_expression
@@ -128,16 +129,11 @@ def simulate(
         phase = next(p.name for p in run.phases if p.start <= i < p.end)
         n, dropped, latency, service, lag = model.interval(rate, 1.0)
         outcomes = {"2xx": n, **({"dropped": dropped} if dropped else {})}
-        series = Series(
-            phase,
-            "item",
-            n + dropped,
-            outcomes,
-            latency.to_wire(),
-            service.to_wire(),
-            lag.to_wire(),
+        series = Series(phase, "item", n + dropped, outcomes)
+        table = to_table([latency, service, lag])
+        run.timeline.add(
+            Snapshot("r", "sim", i + 1, i, i, i + 1, (series,), table, 0, 0, model.cpu, 0)
         )
-        run.timeline.add(Snapshot("r", "sim", i + 1, i, i, i + 1, (series,), 0, 0, model.cpu, 0))
         run.now = i + 1.5
         asyncio.run(search.on_interval(cast(Coordinator, run), i))
     return search, run

@@ -73,7 +73,9 @@ def run_phase(
     )
     out = Outcome()
 
-    async def sink(index: int, start: float, end: float, series: tuple[Series, ...]) -> None:
+    async def sink(
+        index: int, start: float, end: float, series: tuple[Series, ...], _: list[Any]
+    ) -> None:
         for s in series:
             out.arrivals[s.name] = out.arrivals.get(s.name, 0) + s.arrivals
             for outcome, n in s.outcomes.items():

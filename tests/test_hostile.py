@@ -42,6 +42,7 @@ from test_liveness import (
 
 from loadctl.protocol.codec import encode
 from loadctl.protocol.histogram import Histogram
+from loadctl.protocol.histogram_table import to_table
 from loadctl.protocol.messages import (
     PROTOCOL_VERSION,
     Ack,
@@ -90,34 +91,21 @@ def hello(agent_id: str) -> Hello:
     return Hello(PROTOCOL_VERSION, agent_id, "hostile", 1, 1, os.getpid(), "0")
 
 
-def series(arrivals: int, latency: list[Any] | None = None) -> Series:
-    h = Histogram()
-    for _ in range(arrivals):
-        h.record(1_000_000)
-    wire = h.to_wire()
-    return Series(
-        "steady",
-        "item",
-        arrivals,
-        {"2xx": arrivals} if arrivals else {},
-        latency if latency is not None else wire,
-        wire,
-        wire,
-    )
-
-
 def snapshot(
     run_id: str,
     agent_id: str,
     seq: int,
     interval: int,
     arrivals: int = 7,
-    latency: list[Any] | None = None,
+    histograms: list[Any] | None = None,
 ) -> Snapshot:
+    h = Histogram()
+    if arrivals:
+        h.record(1_000_000, count=arrivals)
+    series = Series("steady", "item", arrivals, {"2xx": arrivals} if arrivals else {})
+    table = histograms if histograms is not None else to_table([h, h, h])
     now = time.time()
-    return Snapshot(
-        run_id, agent_id, seq, interval, now, now + 1.0, (series(arrivals, latency),), 0, 0, 0.0, 0
-    )
+    return Snapshot(run_id, agent_id, seq, interval, now, now + 1.0, (series,), table, 0, 0, 0.0, 0)
 
 
 def frame(*fields: Any) -> bytes:
@@ -219,7 +207,7 @@ def attack(ctx: zmq.Context[Any], endpoint: str, real_agent: str) -> dict[str, i
     note("unknown-run")
     impostor.send(encode(snapshot(run_id, real_agent, 4, 2)))  # in the real agent's name
     note("unknown-agent")
-    impostor.send(encode(snapshot(run_id, "impostor-1", 5, 2, latency=["x"])))
+    impostor.send(encode(snapshot(run_id, "impostor-1", 5, 2, histograms=["x"])))
     impostor.send(encode(snapshot(run_id, "impostor-1", 6, -5)))
     note("bad-snapshot", 2)
 

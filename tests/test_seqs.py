@@ -13,6 +13,7 @@ from loadctl.coordinator.seqs import SeqSet
 from loadctl.coordinator.timeline import Timeline
 from loadctl.protocol.codec import decode, encode, peek_snapshot
 from loadctl.protocol.histogram import Histogram
+from loadctl.protocol.histogram_table import to_table
 from loadctl.protocol.messages import Heartbeat, Series, Snapshot
 
 
@@ -47,9 +48,9 @@ def test_seqset_memory_stays_flat_over_a_long_run() -> None:
 def _snapshot(seq: int, run_id: str = "run-1", agent_id: str = "agent-a") -> Snapshot:
     latency = Histogram()
     latency.record_many([1_000_000 + 1000 * i for i in range(50)])
-    wire = latency.to_wire()
-    series = Series("p", "get", 50, {"2xx": 50}, wire, wire, Histogram().to_wire())
-    return Snapshot(run_id, agent_id, seq, 3, 3.0, 4.0, (series,), 0, 0, 1.0, 1 << 20)
+    table = to_table([latency, latency, Histogram()])
+    series = Series("p", "get", 50, {"2xx": 50})
+    return Snapshot(run_id, agent_id, seq, 3, 3.0, 4.0, (series,), table, 0, 0, 1.0, 1 << 20)
 
 
 def test_peek_snapshot_reads_run_agent_and_seq() -> None:
