@@ -22,6 +22,14 @@ from loadctl.protocol.messages import PROTOCOL_VERSION, Error, Message
 
 log = logging.getLogger("loadctl.coordinator")
 
+# pyzmq's send_multipart/recv_multipart combine enum flags on every call, which
+# costs more than the call into ZeroMQ for a small message (5.8 against 3.0 µs per
+# two-part heartbeat received, 3.3 against 1.2 µs per Ack sent); a thousand agents
+# send ~3,000 messages a second. So the flags are plain ints, combined once.
+_NOBLOCK = int(zmq.NOBLOCK)
+_MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
+_RCVMORE = int(zmq.RCVMORE)
+
 
 class RateLimitedLog:
     """At most `burst` lines per kind, then one line every `every` seconds with a count."""
@@ -94,14 +102,16 @@ class Server:
             self.drained = True
             return []
         out: list[list[bytes]] = []
-        recv = self.now.recv_multipart
+        recv, more = self.now.recv, self.now.get
         size = 0
         while len(out) < limit and size < max_bytes:
             try:
-                frames = recv(zmq.NOBLOCK)
+                frames = [recv(_NOBLOCK)]
             except zmq.Again:
                 self.drained = True  # everything sent to us so far has been read
                 break
+            while more(_RCVMORE):  # the rest of a message is there with its first part
+                frames.append(recv(_NOBLOCK))
             out.append(frames)
             size += sum(map(len, frames))
         return out
@@ -184,7 +194,8 @@ class Server:
 
     def _send_encoded(self, identity: bytes, data: bytes, message: Message) -> None:
         try:
-            self.now.send_multipart([identity, data], flags=zmq.NOBLOCK)
+            self.now.send(identity, _MORE_NOBLOCK)  # a ROUTER sends or drops a whole message
+            self.now.send(data, _NOBLOCK)
         except zmq.Again:
             self.limited.warn(
                 "send",
