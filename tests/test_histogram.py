@@ -8,8 +8,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from mutations import ANY_VALUE, damage
 
 from loadctl.protocol.histogram import COUNTS_LEN, WIRE_FIELDS, Histogram, HistogramWireError
 
@@ -396,18 +397,6 @@ def test_merged_total_may_not_exceed_int63() -> None:
     assert rejects_into.equals(t)
 
 
-ANY_VALUE = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(-(2**70), 2**70),
-    st.integers(0, 10),
-    st.floats(allow_nan=True),
-    st.binary(max_size=64),
-    st.text(max_size=8),
-    st.lists(st.integers(), max_size=3),
-)
-
-
 @settings(max_examples=300, deadline=None)
 @given(st.dictionaries(st.one_of(st.sampled_from(WIRE_FIELDS), st.text(max_size=3)), ANY_VALUE))
 def test_random_dicts_are_rejected(d: dict[Any, Any]) -> None:
@@ -438,21 +427,7 @@ def check_only_wire_errors(d: Any) -> None:
 @given(st.data())
 def test_mutated_wire_forms_only_raise_wire_errors(data: st.DataObject) -> None:
     d: dict[str, Any] = dict(valid_wire())
-    key = data.draw(st.sampled_from(WIRE_FIELDS))
-    how = data.draw(st.sampled_from(["value", "truncate", "extend", "flip", "drop"]))
-    v = d[key]
-    if how == "drop":
-        del d[key]
-    elif how == "value" or not isinstance(v, bytes):
-        d[key] = data.draw(ANY_VALUE)
-    elif how == "truncate":
-        d[key] = v[: data.draw(st.integers(0, max(len(v) - 1, 0)))]
-    elif how == "extend":
-        d[key] = v + data.draw(st.binary(min_size=1, max_size=16))
-    else:
-        assume(len(v) > 0)
-        pos = data.draw(st.integers(0, len(v) - 1))
-        d[key] = v[:pos] + bytes([v[pos] ^ data.draw(st.integers(1, 255))]) + v[pos + 1 :]
+    damage(data, d, data.draw(st.sampled_from(WIRE_FIELDS)))
     check_only_wire_errors(listed(d))
 
 

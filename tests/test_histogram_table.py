@@ -9,8 +9,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from mutations import damage
 
 from loadctl.protocol.histogram import (
     COUNTS_LEN,
@@ -156,38 +157,12 @@ def check_only_wire_errors(tables: list[Any], sizes: list[int]) -> None:
         assert again[0].tolist() == idx.tolist() and again[1].tolist() == cnt.tolist()
 
 
-ANY_VALUE = st.one_of(
-    st.none(),
-    st.integers(-(2**64), 2**64),
-    st.binary(max_size=40),
-    st.text(max_size=5),
-    st.lists(st.integers(0, 5), max_size=3),
-)
-
-
 @settings(max_examples=500, deadline=None)
 @given(st.data())
 def test_mutated_tables_only_raise_wire_errors(data: st.DataObject) -> None:
     tables = valid_tables()
-    t = data.draw(st.integers(0, len(tables) - 1))
-    field = data.draw(st.integers(0, len(TABLE_FIELDS) - 1))
-    how = data.draw(st.sampled_from(["value", "truncate", "extend", "flip", "flip2", "drop"]))
-    table = tables[t]
-    v = table[field]
-    if how == "drop":
-        del table[field]
-    elif how == "value" or not isinstance(v, bytes):
-        table[field] = data.draw(ANY_VALUE)
-    elif how == "truncate":
-        table[field] = v[: data.draw(st.integers(0, max(len(v) - 1, 0)))]
-    elif how == "extend":
-        table[field] = v + data.draw(st.binary(min_size=1, max_size=16))
-    else:
-        assume(len(v) > 0)
-        for _ in range(1 if how == "flip" else 2):
-            pos = data.draw(st.integers(0, len(v) - 1))
-            v = v[:pos] + bytes([v[pos] ^ data.draw(st.integers(1, 255))]) + v[pos + 1 :]
-        table[field] = v
+    table = tables[data.draw(st.integers(0, len(tables) - 1))]
+    damage(data, table, data.draw(st.integers(0, len(TABLE_FIELDS) - 1)))
     check_only_wire_errors(tables, [3, 3])
 
 
