@@ -10,11 +10,14 @@ its callback; the connection calls it from its parser callback, the user
 records the outcome and writes its next request in the same call. No task
 runs between two requests of a user.
 
-Only what needs no awaiting per request runs this way (`drivable`): static
-requests without checks, extractions or `once`, no feeder, no Python flow, no
-cookies, on the fast engine (its shared pool, or with `connections: per-user` a
-client of the user's own, closed at its end). Anything else runs as the coroutine users of
-`users.py`, which measure the same things in the same way.
+Only what needs no awaiting per request runs this way (`drivable`): requests
+whose replies need no body or headers (templated or not, with status and
+duration checks, `once` and `abort_on_fail`; not extractions or body checks), no
+feeder, no Python flow, no cookies, on the fast engine (its shared pool, or with
+`connections: per-user` a client of the user's own, closed at its end). Anything
+else runs as the coroutine users of `users.py`, which measure the same things in
+the same way; a step's checks are judged by the same function (`judge`), and
+`once` and `abort_on_fail` move through the iteration as `_steps_iteration` does.
 
 Each user still has a task (the controller in `users.py` starts, stops and
 cancels tasks): it starts the chain and waits until the user is done. A
@@ -31,7 +34,8 @@ from typing import TYPE_CHECKING
 
 from loadctl.agent.engine_fast import Exchange, FastClient
 from loadctl.agent.fast_conn import Prepared
-from loadctl.agent.http import SendError, outcome_of_class
+from loadctl.agent.http import Reply, SendError, outcome_of_class
+from loadctl.agent.journey import UserState
 from loadctl.agent.recorder import SeriesBuffer
 from loadctl.agent.requests import Mix
 from loadctl.protocol.journey import is_python_flow
@@ -45,16 +49,18 @@ if TYPE_CHECKING:
 _EDGE = 1e-9  # seconds: an arrival this close to an interval's end is placed by the runner
 
 
+# judge(step, user state, reply or None if it failed, when it was sent): whether the
+# step failed, its checks counted (users._evaluate)
+Judge = Callable[["Step", UserState, Reply | None, float], bool]
+
+
 def drivable(phase: Phase, mix: Mix | None, steps: dict[str, Step], engine: str) -> bool:
     """Whether the users of `phase` can run as `DrivenUser`s on `engine`."""
     if mix is None or is_python_flow(phase.flow) or phase.data is not None:
         return False
     if engine != "fast" or phase.cookies:
         return False
-    return all(
-        not (s.once or steps[s.name].templated or steps[s.name].evaluates or s.abort_on_fail)
-        for s in mix.specs
-    )
+    return not any(steps[s.name].static.want_body for s in mix.specs)
 
 
 class DrivenUser(Exchange):
@@ -75,6 +81,8 @@ class DrivenUser(Exchange):
         client: FastClient,
         user: _User,
         pause: Callable[[], float],
+        me: UserState,
+        judge: Judge,
         own_client: bool = False,
     ) -> None:
         super().__init__()
@@ -90,13 +98,19 @@ class DrivenUser(Exchange):
         self.sequence = phase.flow == "sequence"
         self.mix = mix
         self.only = mix.specs[0].name if len(mix.specs) == 1 else ""  # no choice to make
-        self.ready: dict[str, Prepared] = {
-            s.name: client.prepare(steps[s.name].static) for s in mix.specs
+        self.steps = steps
+        self.ready: dict[str, Prepared] = {  # the others are built for each request
+            s.name: client.prepare(steps[s.name].static)
+            for s in mix.specs
+            if not steps[s.name].templated
         }
         self.timeouts = {s.name: s.timeout or runner.sender.default_timeout for s in mix.specs}
+        self.once = {s.name for s in mix.specs if s.once}
+        self.judged = {s.name: s for s in mix.specs if s.once or steps[s.name].evaluates}
+        self.me = me  # templates read it, extractions and `once` write it
+        self.judge = judge
         self.loop = asyncio.get_running_loop()
         self.finished: asyncio.Future[None] = self.loop.create_future()
-        self.iteration = 0
         self.position = 0  # the next request's place in the sequence
         self.name = ""  # the request in flight
         self.sent = 0.0
@@ -128,7 +142,11 @@ class DrivenUser(Exchange):
         elif self.sequence:
             name = self.mix.specs[self.position].name
         else:
-            name = self.mix.pick(self.user.index + self.iteration).name
+            name = self.mix.pick(self.user.index + self.me.iteration).name
+        if self.once and name in self.me.done:  # a `once` step that succeeded: skip it
+            self._advance()
+            self.timer = self.loop.call_soon(self.step)  # an iteration may send nothing
+            return
         if not runner.may_send():  # the dead-man switch, checked at every send
             runner.abort()
             self._finish()
@@ -146,8 +164,11 @@ class DrivenUser(Exchange):
         self.waiting = True
         self.user.busy = True
         self.sender.in_flight += 1
+        prepared = self.ready.get(name)
+        if prepared is None:
+            prepared = self.fast_client.prepare(self.steps[name].build(self.me))
         self.in_step = True
-        self.fast_client.send_soon(self.ready[name], self.timeouts[name], self)
+        self.fast_client.send_soon(prepared, self.timeouts[name], self)
         self.in_step = False
 
     def failed(self, error: SendError) -> None:
@@ -159,7 +180,8 @@ class DrivenUser(Exchange):
         end = time.perf_counter()
         if not self.waiting:
             return  # cancelled meanwhile
-        if not outcome:
+        answered = not outcome  # else a failure: no reply to judge
+        if answered:
             outcome = outcome_of_class(status)
         self.waiting = False
         self.sender.in_flight -= 1
@@ -172,13 +194,15 @@ class DrivenUser(Exchange):
         if self.runner.aborted:
             self._finish()
             return
-        if self.sequence:
-            self.position += 1
-            if self.position == len(self.mix.specs):
-                self.position = 0
-                self.iteration += 1
+        spec = self.judged.get(name)
+        if spec is None:
+            self._advance()
         else:
-            self.iteration += 1
+            reply = Reply(status, nbytes) if answered else None
+            failed = self.judge(self.steps[name], self.me, reply, self.sent)
+            if spec.once and not failed:
+                self.me.done.add(name)  # done once it succeeded: a failed login is tried again
+            self._advance(failed and spec.abort_on_fail)
         pause = 0.0 if self.pause is None else self.pause()
         if pause > 0:
             self.timer = self.loop.call_later(pause, self.step)
@@ -186,6 +210,15 @@ class DrivenUser(Exchange):
             self.timer = self.loop.call_soon(self.step)
         else:
             self.step()
+
+    def _advance(self, end_iteration: bool = False) -> None:
+        """On to the next step of the iteration, or to the next iteration."""
+        if self.sequence and not end_iteration:
+            self.position += 1
+            if self.position < len(self.mix.specs):
+                return
+        self.position = 0
+        self.me.iteration += 1
 
     def halt(self) -> None:
         """Stop now: the request in flight is cancelled and recorded as such."""

@@ -124,9 +124,10 @@ async def run_user_phase(runner: Runner, state: PhaseState) -> None:
         if driven:
             client = runner.new_client(1) if own else runner.shared_client()
             assert mix is not None and isinstance(client, FastClient)
-            rng = random.Random(hash((runner.plan.run_id, phase.name, u)))
-            pause = functools.partial(think_seconds, phase.think, rng)
-            driver = DrivenUser(runner, phase, mix, kit.steps, client, user, pause, own)
+            me = _user_state(runner, kit, phase, u)
+            pause = functools.partial(think_seconds, phase.think, me.rng)
+            judge = functools.partial(_evaluate, runner, kit, phase, jar=_no_jar)
+            driver = DrivenUser(runner, phase, mix, kit.steps, client, user, pause, me, judge, own)
             task = loop.create_task(driver.run())
         else:
             task = loop.create_task(_user_loop(runner, state, mix, user))
@@ -182,8 +183,8 @@ async def run_user_phase(runner: Runner, state: PhaseState) -> None:
 async def _user_loop(runner: Runner, state: PhaseState, mix: Mix | None, user: _User) -> None:
     phase = state.phase
     kit = journeys(runner)
-    rng = random.Random(hash((runner.plan.run_id, phase.name, user.index)))
-    me = UserState(user.index, vars=dict(kit.vars), rng=rng)
+    me = _user_state(runner, kit, phase, user.index)
+    rng = me.rng
     feeder = kit.feeder(phase.data) if phase.data is not None else None
     per_user_row = feeder is not None and feeder.source.mode == "unique-per-user"
     if feeder is not None and per_user_row:
@@ -223,6 +224,17 @@ async def _user_loop(runner: Runner, state: PhaseState, mix: Mix | None, user: _
     finally:
         if own:
             await client.close()
+
+
+def _user_state(runner: Runner, kit: Journeys, phase: Phase, index: int) -> UserState:
+    """User `index`'s state as it starts: the scenario's variables, its own random
+    numbers (the same on every run of the same plan)."""
+    rng = random.Random(hash((runner.plan.run_id, phase.name, index)))
+    return UserState(index, vars=dict(kit.vars), rng=rng)
+
+
+def _no_jar() -> None:
+    return None  # users run by callbacks keep no cookies
 
 
 async def _steps_iteration(

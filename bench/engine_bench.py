@@ -13,7 +13,9 @@ closed-model scheduler, the `Sender` and the `Recorder` (outcome classes,
 latency, service time and send lag), and every 1 s interval is cut, binned
 into histograms and encoded as the Snapshot the agent would send (only the
 ZeroMQ link is left out). `--bare` measures the engines alone instead: 64
-coroutines calling `client.send` and counting replies.
+coroutines calling `client.send` and counting replies. `--journey` gives each
+request what a typical journey step has: a templated query (`?u=${user_id}`,
+rendered per request) and a status check, judged and counted per reply.
 
 CPU is user + system time of the client process: `getrusage(RUSAGE_SELF)`
 over the measured window for the engines (with full measurement, after one
@@ -27,7 +29,7 @@ Prints figures only; nothing here asserts. All load goes to 127.0.0.1 and
 stops after the given duration. `bench/compare_peers.py` reuses this module
 to add hey to the comparison.
 
-    python bench/engine_bench.py [--duration 5] [--runs 3] [--concurrency 64] [--bare]
+    python bench/engine_bench.py [--duration 5] [--runs 3] [--concurrency 64] [--bare | --journey]
 """
 
 from __future__ import annotations
@@ -123,7 +125,12 @@ async def _measured_window(
 
 
 async def _agent_closed_loop(
-    engine: str, url: str, duration: float, concurrency: int, think: float = 0.0
+    engine: str,
+    url: str,
+    duration: float,
+    concurrency: int,
+    think: float = 0.0,
+    journey: bool = False,
 ) -> dict[str, float]:
     """The same closed loop, run by the agent's `Runner` with full measurement on.
 
@@ -161,7 +168,12 @@ async def _agent_closed_loop(
                 "interval": interval,
             },
             "requests": [
-                {"name": "get", "method": "GET", "path": "/" + (parts[3] if len(parts) > 3 else "")}
+                {
+                    "name": "get",
+                    "method": "GET",
+                    "path": "/" + (parts[3] if len(parts) > 3 else "") + (QUERY if journey else ""),
+                    **(CHECK if journey else {}),
+                }
             ],
             "phases": [
                 {
@@ -224,8 +236,19 @@ async def _agent_closed_loop(
     }
 
 
+# what --journey adds to the request: a query rendered per request, a status check
+QUERY = "?u=${user_id}"
+CHECK = {"check": [{"status": 200}]}
+
+
 def worker_main(
-    engine: str, url: str, duration: float, concurrency: int, bare: bool, think: float
+    engine: str,
+    url: str,
+    duration: float,
+    concurrency: int,
+    bare: bool,
+    think: float,
+    journey: bool = False,
 ) -> None:
     import uvloop
 
@@ -234,7 +257,7 @@ def worker_main(
     elif bare:
         result = uvloop.run(_closed_loop(engine, url, duration, concurrency))
     else:
-        result = uvloop.run(_agent_closed_loop(engine, url, duration, concurrency, think))
+        result = uvloop.run(_agent_closed_loop(engine, url, duration, concurrency, think, journey))
     print(json.dumps(result))
 
 
@@ -342,12 +365,21 @@ def start_aiohttp(port: int) -> subprocess.Popen[bytes]:
     )
 
 
-def run_engine(engine: str, url: str, duration: float, concurrency: int, bare: bool = False) -> Run:
+def run_engine(
+    engine: str,
+    url: str,
+    duration: float,
+    concurrency: int,
+    bare: bool = False,
+    journey: bool = False,
+) -> Run:
     """One measured run of a loadctl engine, in a fresh Python process pinned to core 0."""
     cmd = [*pin(0), sys.executable, os.path.abspath(__file__), "--worker", engine, "--url", url]
     cmd += ["--duration", str(duration), "--concurrency", str(concurrency)]
     if bare:
         cmd.append("--bare")
+    if journey:
+        cmd.append("--journey")
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=duration + 60)
     data = json.loads(out.stdout.strip().splitlines()[-1])
     return Run(int(data["requests"]), int(data["errors"]), data["wall"], data["user"], data["sys"])
@@ -467,12 +499,25 @@ def main() -> None:
         action="store_true",
         help="measure the engines alone, without the agent's scheduler and recorder",
     )
+    parser.add_argument(
+        "--journey",
+        action="store_true",
+        help="each request with a templated query and a status check (full measurement)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--think", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker_main(args.worker, args.url, args.duration, args.concurrency, args.bare, args.think)
+        worker_main(
+            args.worker,
+            args.url,
+            args.duration,
+            args.concurrency,
+            args.bare,
+            args.think,
+            args.journey,
+        )
         return
     with serve_target() as (url, target):
         report(url, target, args)
@@ -483,6 +528,8 @@ def report(url: str, target: str, args: argparse.Namespace) -> None:
     pinned = "client on core 0, target on core 1" if pin(1) else "not pinned (no taskset or 1 core)"
     print(f"target: {target} at {url}; {pinned}")
     measurement = "engines alone (--bare)" if args.bare else "full measurement (agent Runner)"
+    if args.journey:
+        measurement += ", a templated query and a status check per request (--journey)"
     print(
         f"loadctl: {measurement}; "
         f"closed loop, {args.concurrency} concurrent, {args.duration:g} s, "
@@ -502,7 +549,9 @@ def report(url: str, target: str, args: argparse.Namespace) -> None:
             if name == "wrk":
                 run = run_wrk(url, args.duration, args.concurrency)
             else:
-                run = run_engine(name, url, args.duration, args.concurrency, args.bare)
+                run = run_engine(
+                    name, url, args.duration, args.concurrency, args.bare, args.journey
+                )
             all_runs[name].append(run)
             print(
                 f"  round {round_ + 1} {name:<8} {run.rps:>8.0f} RPS "

@@ -16,7 +16,10 @@ would be ~50x too large without the subtraction.
 Kernel time (the loopback write and read, most of a request's CPU) is not counted:
 this compares our code, not the system. Expect a few percent of run-to-run spread.
 
-    python bench/instructions.py [--clients floor,fast] [--short 3] [--long 8]
+    python bench/instructions.py [--clients floor,fast] [--short 3] [--long 8] [--journey]
+
+`--journey` gives the agent's requests a templated query and a status check, as
+`engine_bench.py --journey` does.
 
 Needs valgrind (Debian package `valgrind`). Figures only; nothing is asserted.
 """
@@ -38,11 +41,15 @@ import engine_bench as eb  # the bench directory is not a package: found by sys.
 IDLE_THINK = 1000.0  # seconds: each user sends one request, then thinks past the run
 
 
-def counted(url: str, client: str, seconds: float, think: float) -> tuple[int, int]:
+def counted(
+    url: str, client: str, seconds: float, think: float, journey: bool = False
+) -> tuple[int, int]:
     """(instructions, requests) of one run of `client` under callgrind."""
     cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable]
     cmd += [str(Path(eb.__file__)), "--worker", client, "--url", url]
     cmd += ["--duration", str(seconds), "--concurrency", "64", "--think", str(think)]
+    if journey:
+        cmd.append("--journey")
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 20 + 300)
     total = re.search(r"Collected : (\d+)", out.stderr)
     if out.returncode != 0 or total is None:
@@ -51,12 +58,15 @@ def counted(url: str, client: str, seconds: float, think: float) -> tuple[int, i
     return int(total.group(1)), int(result["requests"] + result["errors"])
 
 
-def per_request(url: str, client: str, short: float, long: float) -> tuple[float, float]:
+def per_request(
+    url: str, client: str, short: float, long: float, journey: bool = False
+) -> tuple[float, float]:
     """Instructions per request, and the per-second work subtracted from it."""
-    (i0, n0), (i1, n1) = (counted(url, client, s, 0.0) for s in (short, long))
+    journey = journey and client != "floor"  # the floor has no scenario
+    (i0, n0), (i1, n1) = (counted(url, client, s, 0.0, journey) for s in (short, long))
     per_second = 0.0
     if client != "floor":  # the floor does nothing but requests
-        (j0, _), (j1, _) = (counted(url, client, s, IDLE_THINK) for s in (short, long))
+        (j0, _), (j1, _) = (counted(url, client, s, IDLE_THINK, journey) for s in (short, long))
         per_second = (j1 - j0) / (long - short)
     return (i1 - i0 - per_second * (long - short)) / (n1 - n0), per_second
 
@@ -66,6 +76,7 @@ def main() -> None:
     parser.add_argument("--clients", default="floor,fast", help="of floor, fast, aiohttp")
     parser.add_argument("--short", type=float, default=3.0)
     parser.add_argument("--long", type=float, default=8.0)
+    parser.add_argument("--journey", action="store_true", help="a templated query and a check")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind not found (Debian package valgrind)")
@@ -74,7 +85,9 @@ def main() -> None:
         print(f"target: {target} at {url}; runs of {args.short:g} s and {args.long:g} s\n")
         figures = {}
         for client in clients:
-            figures[client], per_second = per_request(url, client, args.short, args.long)
+            figures[client], per_second = per_request(
+                url, client, args.short, args.long, args.journey
+            )
             print(
                 f"  {client:<8} {figures[client]:>9,.0f} instructions per request"
                 f"  (per-second work subtracted: {per_second:,.0f})",

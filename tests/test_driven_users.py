@@ -35,6 +35,8 @@ class Outcome:
     arrivals: dict[str, int] = field(default_factory=dict)
     outcomes: dict[str, int] = field(default_factory=dict)
     by_name: dict[str, int] = field(default_factory=dict)
+    by_status: dict[tuple[str, str], int] = field(default_factory=dict)  # (name, outcome)
+    checks: dict[str, list[int]] = field(default_factory=dict)  # name -> [passed, failed]
     in_flight: int = -1
     driven: set[str] = field(default_factory=set)  # the coroutines the users' tasks ran
     open_seen: tuple[int, int] = (0, 0)  # (arrivals in flight as callbacks, as tasks)
@@ -56,13 +58,14 @@ def run_phase(
     abort_after: float | None = None,
     drain: float = 0.0,
     executor: str = "constant-users",
+    engine: str = "fast",
 ) -> Outcome:
     scenario = Scenario.from_dict(
         {
             "name": "driven",
             "target": target,
             "defaults": {
-                "engine": "fast",
+                "engine": engine,
                 "connections": connections,
                 "timeout": timeout,
                 "interval": INTERVAL,
@@ -81,6 +84,11 @@ def run_phase(
             for outcome, n in s.outcomes.items():
                 out.outcomes[outcome] = out.outcomes.get(outcome, 0) + n
                 out.by_name[s.name] = out.by_name.get(s.name, 0) + n
+                key = (s.name, outcome)
+                out.by_status[key] = out.by_status.get(key, 0) + n
+            checks = out.checks.setdefault(s.name, [0, 0])
+            checks[0] += s.checks_passed
+            checks[1] += s.checks_failed
 
     async def main() -> None:
         plan = Plan("driven", scenario.wire(), Share(0.0, (1,), 0), time.time(), INTERVAL)
@@ -166,14 +174,48 @@ def test_think_time_and_a_sequence_flow() -> None:
     assert abs(out.by_name["a"] - out.by_name["b"]) <= 4  # each user is between a and b
 
 
+@pytest.mark.parametrize("engine", ["fast", "aiohttp"])
+def test_templates_status_checks_once_and_abort_on_fail(engine: str) -> None:
+    """Each user says `hello` once, then asks for the item of its own id and, if that
+    passed its status check, sends `after`. User 0 asks for item 0, which does not
+    exist: its check fails and `abort_on_fail` skips `after`. The fast engine runs
+    this on callbacks, aiohttp on coroutine users: the same rules hold for both."""
+    requests = [
+        {"name": "hello", "path": "/health", "once": True},
+        {
+            "name": "item",
+            "path": "/api/inventory/items/${user_id}",
+            "check": [{"status": 200}],
+            "abort_on_fail": True,
+        },
+        {"name": "after", "path": "/health"},
+    ]
+    phase = {"users": 4, "duration": 1.5, "grace": 1.0, "flow": "sequence"}
+    phase["requests"] = ["hello", "item", "after"]
+    with running_target("--latency", "2ms") as target:
+        out = run_phase(target.url, phase, requests, engine=engine)
+        served = target.counts()["total"]
+    assert_all_recorded(out, users=engine == "fast")
+    if engine != "fast":
+        assert out.driven == {"_user_loop"}, out.driven
+    assert out.completed == served
+    assert out.arrivals["hello"] == 4  # once per user: it succeeded the first time
+    passed, failed = out.by_status[("item", "2xx")], out.by_status[("item", "4xx")]
+    assert out.checks["item"] == [passed, failed] and passed > 0 and failed > 0
+    assert out.arrivals["after"] == passed  # only after an item that passed its check
+    assert out.checks.get("hello", [0, 0]) == [0, 0]  # `once` alone counts no check
+
+
 def test_timeouts_are_recorded_and_the_users_go_on() -> None:
+    """A timed-out request has no reply: its status check fails, and counts so."""
     with running_target() as target:
         out = run_phase(target.url, {"users": 4, "duration": 1.5, "grace": 1.0}, [
-            {"name": "slow", "path": "/delay/400", "timeout": "100ms"}
+            {"name": "slow", "path": "/delay/400", "timeout": "100ms", "check": [{"status": 200}]}
         ])  # fmt: skip
     assert_all_recorded(out)
     assert set(out.outcomes) == {"timeout"}
     assert 4 * 1.5 / 0.1 * 0.5 <= out.outcomes["timeout"] <= 4 * 1.5 / 0.1 + 4
+    assert out.checks["slow"] == [0, out.outcomes["timeout"]]
 
 
 def test_connection_refused_is_counted_and_the_run_ends_on_time() -> None:
