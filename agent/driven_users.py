@@ -166,7 +166,7 @@ class DrivenUser(Exchange):
         self.sender.in_flight += 1
         prepared = self.ready.get(name)
         if prepared is None:
-            prepared = self.fast_client.prepare(self.steps[name].build(self.me))
+            prepared = self.fast_client.prepare(self.steps[name].build(self.me), keep=False)
         self.in_step = True
         self.fast_client.send_soon(prepared, self.timeouts[name], self)
         self.in_step = False

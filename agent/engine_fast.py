@@ -189,6 +189,9 @@ class FastClient:
         prepared = self._prepared.get(id(request))
         if prepared is None or prepared.request is not request:
             prepared = self._prepare(request)
+        return await self._send_prepared(prepared, timeout)
+
+    async def _send_prepared(self, prepared: Prepared, timeout: float) -> Reply:
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
@@ -203,11 +206,12 @@ class FastClient:
             conn = await self._acquire(prepared.pool, deadline)
         return await self._exchange(conn, prepared, deadline)
 
-    def prepare(self, request: HttpRequest) -> Prepared:
-        """`request` made ready for `send_soon` (raises SendError if it cannot be sent)."""
+    def prepare(self, request: HttpRequest, keep: bool = True) -> Prepared:
+        """`request` made ready for `send_soon` (raises SendError if it cannot be sent);
+        kept for the next time unless `keep` is False (a request built for one send)."""
         prepared = self._prepared.get(id(request))
         if prepared is None or prepared.request is not request:
-            prepared = self._prepare(request)
+            prepared = self._prepare(request, keep)
         return prepared
 
     def send_soon(self, prepared: Prepared, timeout: float, exchange: Exchange) -> None:
@@ -224,7 +228,7 @@ class FastClient:
         if not idle or self._closed:
             exchange.ended = True
             exchange.task = _deliver(
-                loop.create_task(self.send(prepared.request, timeout)), exchange
+                loop.create_task(self._send_prepared(prepared, timeout)), exchange
             )
             return
         conn = idle.pop()
@@ -320,7 +324,7 @@ class FastClient:
 
     # -- internals -----------------------------------------------------------
 
-    def _prepare(self, request: HttpRequest) -> Prepared:
+    def _prepare(self, request: HttpRequest, keep: bool = True) -> Prepared:
         if request.follow_redirects:
             raise SendError(
                 "the fast engine does not follow redirects; use the aiohttp engine "
@@ -334,7 +338,7 @@ class FastClient:
                 context = self._ssl_context = ssl.create_default_context()
             pool = self._pools[origin] = Pool(origin, context)
         prepared = Prepared(request, pool)
-        if prepared.big_body:
+        if prepared.big_body or not keep:
             return prepared  # a cache of big bodies would hold on to them
         if len(self._prepared) >= _PREPARED_MAX:
             self._prepared.clear()

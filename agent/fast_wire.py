@@ -15,6 +15,7 @@ _BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
 _METHOD: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # Characters left as they are when a non-ASCII path is percent-encoded.
 _PATH_SAFE: Final = "/?#[]@!$&'()*+,;=:%~-._"
+_CONTROL_OR_SPACE: Final = re.compile("[\x00- \x7f]")  # percent-encoded in a path
 
 
 def serialise_request(request: HttpRequest) -> bytes:
@@ -28,7 +29,7 @@ def serialise_head(request: HttpRequest) -> bytes:
     if not _METHOD.fullmatch(method):
         raise SendError(f"invalid HTTP method {request.method!r}")
     path = request.target  # the endpoint's prefix joined with the request's path
-    if not path.isascii() or any(c <= " " or c == "\x7f" for c in path):
+    if not path.isascii() or _CONTROL_OR_SPACE.search(path):
         path = quote(path, safe=_PATH_SAFE)
     lines = [f"{method} {path} HTTP/1.1"]
     names = {name.lower() for name, _ in request.headers}
