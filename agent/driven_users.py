@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 from loadctl.agent.engine_fast import Exchange, FastClient
 from loadctl.agent.fast_conn import Prepared
 from loadctl.agent.http import Reply, SendError, outcome_of_class
-from loadctl.agent.journey import UserState
+from loadctl.agent.journey import UserState, render
 from loadctl.agent.recorder import SeriesBuffer
 from loadctl.agent.requests import Mix
 from loadctl.protocol.journey import is_python_flow
@@ -104,6 +104,11 @@ class DrivenUser(Exchange):
             for s in mix.specs
             if not steps[s.name].templated
         }
+        self.heads: dict[str, Prepared] = {  # their static forms, for the header block
+            s.name: client.prepare(steps[s.name].static)
+            for s in mix.specs
+            if steps[s.name].path_only
+        }
         self.timeouts = {s.name: s.timeout or runner.sender.default_timeout for s in mix.specs}
         self.once = {s.name for s in mix.specs if s.once}
         self.judged = {s.name: s for s in mix.specs if s.once or steps[s.name].evaluates}
@@ -166,7 +171,11 @@ class DrivenUser(Exchange):
         self.sender.in_flight += 1
         prepared = self.ready.get(name)
         if prepared is None:
-            prepared = self.fast_client.prepare(self.steps[name].build(self.me), keep=False)
+            step = self.steps[name]
+            if step.path_only:  # the step's static form, with this user's path
+                prepared = self.heads[name].with_path(render(step.path, self.me, encode=True))
+            else:
+                prepared = self.fast_client.prepare(step.build(self.me), keep=False)
         self.in_step = True
         self.fast_client.send_soon(prepared, self.timeouts[name], self)
         self.in_step = False

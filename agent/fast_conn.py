@@ -18,7 +18,12 @@ from typing import TYPE_CHECKING, Final, Protocol, cast
 
 import httptools
 
-from loadctl.agent.fast_wire import IDEMPOTENT_METHODS, eof_delimited, serialise_head
+from loadctl.agent.fast_wire import (
+    IDEMPOTENT_METHODS,
+    eof_delimited,
+    request_line,
+    serialise_head,
+)
 from loadctl.agent.http import Endpoint, HttpRequest, Reply, RequestTimeout, SendError
 
 if TYPE_CHECKING:
@@ -61,21 +66,51 @@ class Pool:
 class Prepared:
     """An `HttpRequest` made ready for the wire, cached per client."""
 
-    __slots__ = ("big_body", "idempotent", "is_head", "pool", "request", "want_body", "wire")
+    __slots__ = (
+        "big_body",
+        "idempotent",
+        "is_head",
+        "line_end",
+        "method",
+        "pool",
+        "request",
+        "want_body",
+        "wire",
+    )
 
     def __init__(self, request: HttpRequest, pool: Pool) -> None:
-        self.request = request
+        self.request: HttpRequest | None = request  # None: made by `with_path`
         head = serialise_head(request)
+        self.line_end = head.index(b"\r\n") + 2  # the header block follows
         body = request.body
         if len(body) > BIG_BODY:  # not copied: written after the head
             self.wire, self.big_body = head, body
         else:
             self.wire, self.big_body = head + body, b""
-        method = request.method.upper()
+        method = self.method = request.method.upper()
         self.pool = pool
         self.is_head = method == "HEAD"
         self.idempotent = method in IDEMPOTENT_METHODS
         self.want_body = request.want_body
+
+    def with_path(self, path: str) -> Prepared:
+        """The same request with another path: its head is that path's request line and
+        the header block already serialised (what `serialise_head` would give for a
+        request that differs in its path alone). Not cached by the client."""
+        request = self.request
+        assert request is not None, "with_path on a request made by with_path"
+        other = Prepared.__new__(Prepared)
+        other.request = None
+        line = request_line(self.method, request.endpoint.join(path))
+        other.wire = line + self.wire[self.line_end :]
+        other.line_end = len(line)
+        other.big_body = self.big_body
+        other.method = self.method
+        other.pool = self.pool
+        other.is_head = self.is_head
+        other.idempotent = self.idempotent
+        other.want_body = self.want_body
+        return other
 
 
 class Collector:

@@ -28,26 +28,36 @@ def serialise_head(request: HttpRequest) -> bytes:
     method = request.method.upper()
     if not _METHOD.fullmatch(method):
         raise SendError(f"invalid HTTP method {request.method!r}")
-    path = request.target  # the endpoint's prefix joined with the request's path
-    if not path.isascii() or _CONTROL_OR_SPACE.search(path):
-        path = quote(path, safe=_PATH_SAFE)
-    lines = [f"{method} {path} HTTP/1.1"]
+    return request_line(method, request.target) + header_block(request, method)
+
+
+def request_line(method: str, target: str) -> bytes:
+    """`METHOD target HTTP/1.1` and its CRLF; a target with spaces, control or
+    non-ASCII characters is percent-encoded."""
+    if not target.isascii() or _CONTROL_OR_SPACE.search(target):
+        target = quote(target, safe=_PATH_SAFE)
+    return f"{method} {target} HTTP/1.1\r\n".encode()
+
+
+def header_block(request: HttpRequest, method: str) -> bytes:
+    """The header lines after the request line, through the blank line."""
+    lines = []
     names = {name.lower() for name, _ in request.headers}
     if "host" not in names:
-        lines.append(f"Host: {request.endpoint.authority}")
+        lines.append(f"Host: {request.endpoint.authority}\r\n")
     if "user-agent" not in names:
-        lines.append(f"User-Agent: {USER_AGENT}")
+        lines.append(f"User-Agent: {USER_AGENT}\r\n")
     for name, value in request.headers:
         lower = name.lower()
         if lower in ("content-length", "transfer-encoding"):
             continue  # the body is bytes: its length is set below
         if not name or any(c in name for c in ": \r\n\t") or "\r" in value or "\n" in value:
             raise SendError(f"invalid header {name!r}: {value!r}")
-        lines.append(f"{name}: {value}")
+        lines.append(f"{name}: {value}\r\n")
     if request.body or method in _BODY_METHODS:
-        lines.append(f"Content-Length: {len(request.body)}")
+        lines.append(f"Content-Length: {len(request.body)}\r\n")
     lines.append("\r\n")
-    return "\r\n".join(lines).encode("utf-8")
+    return "".join(lines).encode("utf-8")
 
 
 def eof_delimited(head: bytes) -> bool:

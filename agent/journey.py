@@ -282,11 +282,10 @@ class Step:
         else:
             self.text_body = parse_template(body)
             self.templated_body = not is_static(self.text_body)
-        self.templated = (
-            self.templated_body
-            or not is_static(self.path)
-            or any(not is_static(t) for _, t in self.headers)
-        )
+        static_headers = all(is_static(t) for _, t in self.headers)
+        self.templated = self.templated_body or not is_static(self.path) or not static_headers
+        # only the path changes per request: a prepared head can take a new request line
+        self.path_only = self.templated and not self.templated_body and static_headers
 
     def build(self, state: UserState) -> HttpRequest:
         if not self.templated:

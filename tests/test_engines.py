@@ -10,6 +10,7 @@ local.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import shutil
 import socket
@@ -30,6 +31,7 @@ from aiohttp import web
 
 from loadctl.agent.engine_fast import Exchange, FastClient, serialise_request
 from loadctl.agent.engines import ENGINES, choose_engine, make_client
+from loadctl.agent.fast_conn import BIG_BODY, Pool, Prepared
 from loadctl.agent.http import (
     ConnectFailed,
     Endpoint,
@@ -868,3 +870,27 @@ def test_choose_engine() -> None:
         choose_engine("curl", False, False)
     with pytest.raises(ValueError, match="unknown HTTP engine"):
         make_client("curl", 4)
+
+
+@pytest.mark.parametrize(
+    "path", ["/a", "/items/42?u=7", "/a b/é?q=x y", "/tab\there", "", "no-slash", "/%41"]
+)
+@pytest.mark.parametrize("body", [b"", b"hi", b"x" * (BIG_BODY + 1)])
+def test_a_new_path_on_a_prepared_request_is_what_a_whole_preparation_gives(
+    path: str, body: bytes
+) -> None:
+    """Callback users send a templated path by swapping the request line of the step's
+    prepared static form (`Prepared.with_path`): byte for byte the same request."""
+    ep = Endpoint.parse("http://example.test:8080/base")
+    pool = Pool(ep, None)
+    static = HttpRequest(ep, "post", "/items/${id}", headers=(("X-A", "1"),), body=body)
+    swapped = Prepared(static, pool).with_path(path)
+    whole = Prepared(dataclasses.replace(static, path=path), pool)
+    assert (swapped.wire, swapped.big_body) == (whole.wire, whole.big_body)
+    assert swapped.wire.startswith(b"POST /base/") or path in ("", "no-slash")
+    assert (swapped.is_head, swapped.idempotent, swapped.want_body, swapped.pool) == (
+        whole.is_head,
+        whole.idempotent,
+        whole.want_body,
+        whole.pool,
+    )
