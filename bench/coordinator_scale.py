@@ -5,7 +5,7 @@
 # Welcome, five Ping/Pong rounds, Ready, heartbeats twice a second), taking its
 # Plan, sending Started, then at every interval's end a snapshot of 10 request
 # names (three histograms each, recorded from log-normal latencies of 200 to
-# 3,000 requests per name per second: ~700 non-empty slots, ~80 KiB frames),
+# 3,000 requests per name per second: ~700 non-empty slots, ~50 KiB frames),
 # resending what is not acked after 2 s, and Done at the end. Snapshot frames
 # are precomputed and only their seq / interval / times are patched (checked
 # byte for byte against the real codec). The coordinator runs in its own
