@@ -169,16 +169,23 @@ class DrivenUser(Exchange):
         self.waiting = True
         self.user.busy = True
         self.sender.in_flight += 1
-        prepared = self.ready.get(name)
-        if prepared is None:
-            step = self.steps[name]
-            if step.path_only:  # the step's static form, with this user's path
-                prepared = self.heads[name].with_path(render(step.path, self.me, encode=True))
-            else:
-                prepared = self.fast_client.prepare(step.build(self.me), keep=False)
         self.in_step = True
-        self.fast_client.send_soon(prepared, self.timeouts[name], self)
-        self.in_step = False
+        try:
+            prepared = self.ready.get(name)
+            if prepared is None:
+                prepared = self._build(name)
+            self.fast_client.send_soon(prepared, self.timeouts[name], self)
+        except SendError as error:  # it could not be made (a header rendered invalid)
+            self.failed(error)
+        finally:
+            self.in_step = False
+
+    def _build(self, name: str) -> Prepared:
+        """A templated request, rendered for this user now."""
+        step = self.steps[name]
+        if step.path_only:  # the step's static form, with this user's path
+            return self.heads[name].with_path(render(step.path, self.me, encode=True))
+        return self.fast_client.prepare(step.build(self.me), keep=False)
 
     def failed(self, error: SendError) -> None:
         self.replied(0, 0, error.outcome)

@@ -59,6 +59,7 @@ def run_phase(
     drain: float = 0.0,
     executor: str = "constant-users",
     engine: str = "fast",
+    variables: dict[str, Any] | None = None,
 ) -> Outcome:
     scenario = Scenario.from_dict(
         {
@@ -72,6 +73,7 @@ def run_phase(
             },
             "requests": requests,
             "phases": [{"name": "users", "executor": executor, **phase}],
+            **({"variables": variables} if variables else {}),
         }
     )
     out = Outcome()
@@ -204,6 +206,21 @@ def test_templates_status_checks_once_and_abort_on_fail(engine: str) -> None:
     assert out.checks["item"] == [passed, failed] and passed > 0 and failed > 0
     assert out.arrivals["after"] == passed  # only after an item that passed its check
     assert out.checks.get("hello", [0, 0]) == [0, 0]  # `once` alone counts no check
+
+
+@pytest.mark.parametrize("engine", ["fast", "aiohttp"])
+def test_a_request_that_renders_invalid_is_an_error_and_the_users_go_on(engine: str) -> None:
+    """A header template that renders a line break cannot be sent: each such request
+    is counted as an error, and the users go on (no hang, nothing sent)."""
+    requests = [{"name": "bad", "path": "/health", "headers": {"X-V": "${v}"}}]
+    phase = {"users": 4, "duration": 1.0, "grace": 1.0, "think": "10ms"}
+    variables = {"v": "a\r\nInjected: 1"}
+    with running_target() as target:
+        out = run_phase(target.url, phase, requests, engine=engine, variables=variables)
+        served = target.counts()["total"]
+    assert_all_recorded(out, users=engine == "fast")
+    assert served == 0 and set(out.outcomes) == {"error"}
+    assert 4 * 1.0 / 0.01 * 0.3 <= out.outcomes["error"] <= 4 * 1.0 / 0.01 + 4
 
 
 def test_timeouts_are_recorded_and_the_users_go_on() -> None:
