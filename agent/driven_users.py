@@ -10,14 +10,15 @@ its callback; the connection calls it from its parser callback, the user
 records the outcome and writes its next request in the same call. No task
 runs between two requests of a user.
 
-Only what needs no awaiting per request runs this way (`drivable`): requests
-whose replies need no body or headers (templated or not, with status and
-duration checks, `once` and `abort_on_fail`; not extractions or body checks), no
-feeder, no Python flow, no cookies, on the fast engine (its shared pool, or with
-`connections: per-user` a client of the user's own, closed at its end). Anything
-else runs as the coroutine users of `users.py`, which measure the same things in
-the same way; a step's checks are judged by the same function (`judge`), and
-`once` and `abort_on_fail` move through the iteration as `_steps_iteration` does.
+Only what needs no awaiting per request runs this way (`drivable`): the steps of
+a users phase, templated or not, with their checks, extractions, `once` and
+`abort_on_fail`, but no feeder, no Python flow and no cookies, on the fast engine
+(its shared pool, or with `connections: per-user` a client of the user's own,
+closed at its end). Anything else runs as the coroutine users of `users.py`,
+which measure the same things in the same way; a step's reply (with its headers
+and body when a check or extraction reads them) is judged by the same function
+(`judge`), and `once` and `abort_on_fail` move through the iteration as
+`_steps_iteration` does.
 
 Each user still has a task (the controller in `users.py` starts, stops and
 cancels tasks): it starts the chain and waits until the user is done. A
@@ -54,13 +55,11 @@ _EDGE = 1e-9  # seconds: an arrival this close to an interval's end is placed by
 Judge = Callable[["Step", UserState, Reply | None, float], bool]
 
 
-def drivable(phase: Phase, mix: Mix | None, steps: dict[str, Step], engine: str) -> bool:
+def drivable(phase: Phase, mix: Mix | None, engine: str) -> bool:
     """Whether the users of `phase` can run as `DrivenUser`s on `engine`."""
     if mix is None or is_python_flow(phase.flow) or phase.data is not None:
         return False
-    if engine != "fast" or phase.cookies:
-        return False
-    return not any(steps[s.name].static.want_body for s in mix.specs)
+    return engine == "fast" and not phase.cookies
 
 
 class DrivenUser(Exchange):
@@ -118,6 +117,7 @@ class DrivenUser(Exchange):
         self.finished: asyncio.Future[None] = self.loop.create_future()
         self.position = 0  # the next request's place in the sequence
         self.name = ""  # the request in flight
+        self.reply: Reply | None = None  # its whole reply, when it wanted the body
         self.sent = 0.0
         self.waiting = False  # a request is in flight and its callback is due
         self.timer: asyncio.Handle | None = None
@@ -190,10 +190,15 @@ class DrivenUser(Exchange):
     def failed(self, error: SendError) -> None:
         self.replied(0, 0, error.outcome)
 
+    def replied_with(self, reply: Reply) -> None:
+        self.reply = reply  # for the checks and extractions that read headers or body
+        self.replied(reply.status, reply.bytes_in)
+
     def replied(self, status: int, nbytes: int, outcome: str = "") -> None:
         """Record the request (a reply, or a failure's `outcome`), then think or send
         the next one."""
         end = time.perf_counter()
+        whole, self.reply = self.reply, None
         if not self.waiting:
             return  # cancelled meanwhile
         answered = not outcome  # else a failure: no reply to judge
@@ -214,7 +219,7 @@ class DrivenUser(Exchange):
         if spec is None:
             self._advance()
         else:
-            reply = Reply(status, nbytes) if answered else None
+            reply = (whole or Reply(status, nbytes)) if answered else None
             failed = self.judge(self.steps[name], self.me, reply, self.sent)
             if spec.once and not failed:
                 self.me.done.add(name)  # done once it succeeded: a failed login is tried again

@@ -74,8 +74,10 @@ class Exchange:
     on it at once) and `replied` runs in the same call, with no future, `Reply` or
     task. A `Stale` connection is resent once as `send` would, in a task (rare: the
     server dropped an idle keep-alive connection), as is a request that found no
-    idle connection. Replies are status and byte count only: requests that want the
-    body use `send`."""
+    idle connection. A request that wants the body (`want_body`) ends in
+    `replied_with`, which gets the whole `Reply`, its headers and body; so do the
+    rare replies completed another way (HEAD, a body that ends at EOF, a resend).
+    By default `replied_with` calls `replied`."""
 
     __slots__ = ("client", "conn", "deadline", "ended", "prepared", "task")
     client: FastClient
@@ -90,6 +92,9 @@ class Exchange:
     def replied(self, status: int, nbytes: int) -> None:
         raise NotImplementedError
 
+    def replied_with(self, reply: Reply) -> None:
+        self.replied(reply.status, reply.bytes_in)
+
     def failed(self, error: SendError) -> None:
         raise NotImplementedError
 
@@ -103,7 +108,10 @@ class Exchange:
         self.replied(status, nbytes)
 
     def set_result(self, reply: Reply) -> None:
-        self.reply_now(reply.status, reply.bytes_in)
+        """The whole reply (a `want_body` request, or one completed off the hot path)."""
+        self.ended = True
+        self.client.settle(self.conn)
+        self.replied_with(reply)
 
     def set_exception(self, exc: BaseException) -> None:
         self.ended = True
@@ -142,8 +150,7 @@ def _deliver(task: asyncio.Task[Reply], exchange: Exchange) -> asyncio.Task[Repl
         exchange.task = None
         exc = task.exception()
         if exc is None:
-            reply = task.result()
-            exchange.replied(reply.status, reply.bytes_in)
+            exchange.replied_with(task.result())
         else:
             exchange.failed(exc if isinstance(exc, SendError) else SendError(str(exc)))
 

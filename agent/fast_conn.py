@@ -268,7 +268,13 @@ class Conn(asyncio.Protocol):
         self.served += 1
         if exchange is not None and not exchange.ended:  # `send_soon`'s hot path
             self.keep = parser.should_keep_alive()
-            exchange.reply_now(status, self.nbytes)
+            if self.want:
+                collector = self.collector
+                assert collector is not None
+                body = b"".join(collector.chunks)
+                exchange.set_result(Reply(status, self.nbytes, collector.headers, body))
+            else:
+                exchange.reply_now(status, self.nbytes)
             return
         if fut is None or fut.done():  # nobody waits for this reply: do not trust the connection
             self.keep = False

@@ -117,7 +117,7 @@ async def run_user_phase(runner: Runner, state: PhaseState) -> None:
     loop = asyncio.get_running_loop()
     # the hot path: users run by callbacks when the phase needs no awaiting per request
     own = phase.connections == "per-user" or phase.cookies
-    driven = drivable(phase, mix, kit.steps, runner.engine)
+    driven = drivable(phase, mix, runner.engine)
 
     def start_user(u: int) -> None:
         user = _User(u)

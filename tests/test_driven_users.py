@@ -209,6 +209,53 @@ def test_templates_status_checks_once_and_abort_on_fail(engine: str) -> None:
 
 
 @pytest.mark.parametrize("engine", ["fast", "aiohttp"])
+def test_a_journey_that_extracts_a_token_and_checks_json_bodies(engine: str) -> None:
+    """Each user logs in once (a JSON body from templates; the token extracted from the
+    reply's body), then places orders with the token in a header, each reply checked
+    three ways (status, a field present, a field equal to the user's name). On the
+    fast engine the replies' bodies reach the callbacks; aiohttp runs coroutine users."""
+    requests = [
+        {
+            "name": "login",
+            "method": "POST",
+            "path": "/api/login",
+            "body": {"username": "u${user_id}", "password": "pw-u${user_id}"},
+            "extract": [{"var": "token", "json": "$.token"}],
+            "check": [{"status": 200}],
+            "once": True,
+        },
+        {
+            "name": "order",
+            "method": "POST",
+            "path": "/api/orders",
+            "headers": {"Authorization": "Bearer ${token}"},
+            "body": {"item": "i${user_id}"},
+            "check": [
+                {"status": 201},
+                {"json": "$.order_id", "exists": True},
+                {"json": "$.username", "equals": "u${user_id}"},
+            ],
+            "abort_on_fail": True,
+        },
+    ]
+    phase = {"users": 4, "duration": 1.5, "grace": 1.0, "flow": "sequence"}
+    phase["requests"] = ["login", "order"]
+    with running_target() as target:
+        out = run_phase(target.url, phase, requests, engine=engine)
+        counts = target.counts()
+    assert_all_recorded(out, users=engine == "fast")
+    if engine != "fast":
+        assert out.driven == {"_user_loop"}, out.driven
+    assert counts["logins"] == {f"u{u}": 1 for u in range(4)}
+    assert out.arrivals["login"] == 4 and out.checks["login"] == [8, 0]  # check + extraction
+    orders = out.by_status[("order", "2xx")]
+    assert orders > 20 and out.outcomes == {"2xx": 4 + orders}
+    assert sum(counts["order_items"].values()) == orders
+    assert set(counts["order_items"]) == {f"i{u}" for u in range(4)}
+    assert out.checks["order"] == [3 * orders, 0]
+
+
+@pytest.mark.parametrize("engine", ["fast", "aiohttp"])
 def test_a_request_that_renders_invalid_is_an_error_and_the_users_go_on(engine: str) -> None:
     """A header template that renders a line break cannot be sent: each such request
     is counted as an error, and the users go on (no hang, nothing sent)."""

@@ -275,6 +275,10 @@ class _Awaited(Exchange):
         if not self.fut.done():
             self.fut.set_result(Reply(status, nbytes))
 
+    def replied_with(self, reply: Reply) -> None:
+        if not self.fut.done():
+            self.fut.set_result(reply)
+
     def failed(self, error: SendError) -> None:
         if not self.fut.done():
             self.fut.set_exception(error)
@@ -282,14 +286,12 @@ class _Awaited(Exchange):
 
 class SoonClient:
     """The fast engine's callback entry (`send_soon`, which driven users use) behind
-    `HttpClient.send`: the same tests then check it. Its replies carry status and
-    byte count only, so tests that read bodies or headers do not run it."""
+    `HttpClient.send`: the same tests then check it, bodies and headers included."""
 
     def __init__(self, max_connections: int, **kwargs: Any) -> None:
         self.inner = FastClient(max_connections, **kwargs)
 
     async def send(self, request: HttpRequest, timeout: float) -> Reply:
-        assert not request.want_body, "send_soon replies have no body"
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         exchange = _Awaited(fut)
         self.inner.send_soon(self.inner.prepare(request), timeout, exchange)
@@ -350,7 +352,6 @@ def header(reply: Reply, name: str) -> str | None:
     return next((v for k, v in reply.headers if k.lower() == name.lower()), None)
 
 
-engines = pytest.mark.parametrize("engine", ENGINES)
 # tests that read no body or header also run the fast engine's callback entry
 every_path = pytest.mark.parametrize("engine", [*ENGINES, SOON])
 
@@ -358,7 +359,7 @@ every_path = pytest.mark.parametrize("engine", [*ENGINES, SOON])
 # -- both engines ------------------------------------------------------------
 
 
-@engines
+@every_path
 def test_get_and_post_echo_headers_and_body(servers: Servers, engine: str) -> None:
     async def body(client: HttpClient) -> tuple[Reply, Reply]:
         get = HttpRequest(
@@ -404,7 +405,7 @@ def test_status_classes(servers: Servers, engine: str) -> None:
     ]  # fmt: skip
 
 
-@engines
+@every_path
 def test_content_length_and_chunked_replies(servers: Servers, engine: str) -> None:
     async def body(client: HttpClient) -> list[Reply]:
         out = []
@@ -470,7 +471,7 @@ def test_next_request_started_from_the_reply_callback(servers: Servers) -> None:
     assert len(servers.peers[test]) == 1  # one keep-alive connection throughout
 
 
-@engines
+@every_path
 def test_head_has_no_body_and_the_connection_stays_usable(servers: Servers, engine: str) -> None:
     test = f"head-{engine}"
 
@@ -493,7 +494,7 @@ def test_head_has_no_body_and_the_connection_stays_usable(servers: Servers, engi
     assert len(servers.peers[test]) == 1  # one keep-alive connection throughout
 
 
-@engines
+@every_path
 def test_server_closed_keep_alive_then_more_requests(servers: Servers, engine: str) -> None:
     test = f"close-{engine}"
     headers = (("X-Test", test),)
@@ -602,7 +603,7 @@ def test_thousand_requests_32_concurrent(servers: Servers, engine: str, loop: st
     assert len(servers.peers[test]) <= 32
 
 
-@engines
+@every_path
 def test_large_bodies(servers: Servers, engine: str) -> None:
     big = payload(1 << 20)
 
@@ -622,7 +623,7 @@ def test_large_bodies(servers: Servers, engine: str) -> None:
     assert up.status == 200 and up.body == big
 
 
-@engines
+@every_path
 def test_want_body_returns_headers_and_body(servers: Servers, engine: str) -> None:
     async def body(client: HttpClient) -> tuple[Reply, Reply]:
         full = await client.send(HttpRequest(servers.http, "GET", "/bytes/64", want_body=True), 5)
@@ -635,7 +636,7 @@ def test_want_body_returns_headers_and_body(servers: Servers, engine: str) -> No
     assert lean.headers == [] and lean.body == b"" and lean.bytes_in == full.bytes_in
 
 
-@engines
+@every_path
 def test_informational_reply_is_skipped(servers: Servers, engine: str) -> None:
     async def body(client: HttpClient) -> Reply:
         return await client.send(HttpRequest(servers.raw, "GET", "/continue", want_body=True), 5)
@@ -644,7 +645,7 @@ def test_informational_reply_is_skipped(servers: Servers, engine: str) -> None:
     assert reply.status == 200 and reply.body == b"ok"
 
 
-@engines
+@every_path
 def test_body_ending_at_eof(servers: Servers, engine: str) -> None:
     async def body(client: HttpClient) -> list[Reply]:
         return [
@@ -716,7 +717,7 @@ def test_stale_keep_alive_retried_for_idempotent_only(servers: Servers, engine: 
     assert [r.status for r in replies] == [200] * 4
 
 
-@engines
+@every_path
 def test_https_with_a_self_signed_certificate(servers: Servers, engine: str) -> None:
     if servers.https is None or servers.https_ca is None:
         pytest.skip("the openssl command is not installed: no self-signed certificate for TLS")
