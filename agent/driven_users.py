@@ -36,14 +36,13 @@ from typing import TYPE_CHECKING
 from loadctl.agent.engine_fast import Exchange, FastClient
 from loadctl.agent.fast_conn import Prepared
 from loadctl.agent.http import Reply, SendError, outcome_of_class
-from loadctl.agent.journey import UserState, render
+from loadctl.agent.journey import Step, UserState, render
 from loadctl.agent.recorder import SeriesBuffer
 from loadctl.agent.requests import Mix
 from loadctl.protocol.journey import is_python_flow
 from loadctl.protocol.scenario import Phase
 
 if TYPE_CHECKING:
-    from loadctl.agent.journey import Step
     from loadctl.agent.runner import Runner
     from loadctl.agent.users import _User
 
@@ -52,7 +51,7 @@ _EDGE = 1e-9  # seconds: an arrival this close to an interval's end is placed by
 
 # judge(step, user state, reply or None if it failed, when it was sent): whether the
 # step failed, its checks counted (users._evaluate)
-Judge = Callable[["Step", UserState, Reply | None, float], bool]
+Judge = Callable[[Step, UserState, Reply | None, float], bool]
 
 
 def drivable(phase: Phase, mix: Mix | None, engine: str) -> bool:
