@@ -104,7 +104,7 @@ def decode_tables(tables: Sequence[Any], sizes: Sequence[int]) -> WireBatch:
         _check_shape(table, size)
         _, ns, sc, d, ep, ev, cw, c = table
         slots = len(d)
-        if len(c) != slots * cw or len(ep) != 2 * len(ev):
+        if len(c) != slots * cw or len(ev) % 2 or len(ep) != 2 * len(ev):
             raise _fail("'d' and 'c', or 'ep' and 'ev', do not hold as many entries")
         if ep and int.from_bytes(ep[-4:], "little") >= slots:
             raise _fail("'ep' must be increasing positions among the slots")

@@ -280,6 +280,8 @@ def test_escape_positions_must_match_the_zeros_of_d() -> None:
     unordered[4] = ep[::-1].astype("<u4").tobytes()
     outside = [*table]
     outside[4] = np.asarray([7], dtype="<u4").tobytes()
-    for bad in (no_escape, unordered, outside):
+    odd = [*table]
+    odd[4], odd[5] = b"\x00\x00", b"\x07"  # half an entry: 2 bytes of position, 1 of delta
+    for bad in (no_escape, unordered, outside, odd):
         with pytest.raises(HistogramWireError):
             decode_tables([bad], [1])
