@@ -269,10 +269,7 @@ class Conn(asyncio.Protocol):
         if exchange is not None and not exchange.ended:  # `send_soon`'s hot path
             self.keep = parser.should_keep_alive()
             if self.want:
-                collector = self.collector
-                assert collector is not None
-                body = b"".join(collector.chunks)
-                exchange.set_result(Reply(status, self.nbytes, collector.headers, body))
+                exchange.set_result(self._reply(status))
             else:
                 exchange.reply_now(status, self.nbytes)
             return
@@ -280,14 +277,7 @@ class Conn(asyncio.Protocol):
             self.keep = False
             return
         self.keep = parser.should_keep_alive()
-        if self.want:
-            collector = self.collector
-            assert collector is not None
-            fut.set_result(
-                Reply(status, self.nbytes, collector.headers, b"".join(collector.chunks))
-            )
-        else:
-            fut.set_result(Reply(status, self.nbytes))
+        fut.set_result(self._reply(status))
 
     # -- request life --------------------------------------------------------
 
@@ -333,13 +323,14 @@ class Conn(asyncio.Protocol):
         if fut is None or fut.done():  # nobody waits for this reply: do not trust the connection
             self.keep = False
             return
+        fut.set_result(self._reply(status))
+
+    def _reply(self, status: int) -> Reply:
+        """The reply as its waiter gets it: with headers and body if it wanted them."""
         collector = self.collector
         if self.want and collector is not None:
-            fut.set_result(
-                Reply(status, self.nbytes, collector.headers, b"".join(collector.chunks))
-            )
-        else:
-            fut.set_result(Reply(status, self.nbytes))
+            return Reply(status, self.nbytes, collector.headers, b"".join(collector.chunks))
+        return Reply(status, self.nbytes)
 
     def _new_parser(self, stopped: httptools.HttpResponseParser) -> None:
         """Replace `stopped`, whichever of the two it is: a callback of `send_soon` may
