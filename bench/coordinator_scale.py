@@ -779,9 +779,13 @@ def main() -> None:
         f"load average {os.getloadavg()[0]:.1f} at start"
     )
     python_us, pipeline_us = reference()
+    from loadctl.protocol.histogram_table import KERNEL
+
     print(
         f"reference, in this process: sum(range(1000)) {python_us:.1f} µs (this machine's "
-        f"Python speed now); decode + merge of one snapshot, no sockets: {pipeline_us:.0f} µs"
+        f"Python speed now); decode + merge of one snapshot, no sockets: {pipeline_us:.0f} µs; "
+        f"histogram tables checked and merged by {'the compiled kernel' if KERNEL else 'numpy'}"
+        + (" (LOADCTL_NO_KERNEL is set)" if os.environ.get("LOADCTL_NO_KERNEL") else "")
     )
     rows = []
     for n in sizes:

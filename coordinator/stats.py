@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from loadctl.protocol.histogram import Histogram, WireBatch, WireParts
+from loadctl.protocol.histogram import Histogram, HistogramBatch, WireParts
 from loadctl.protocol.histogram_table import decode_tables
 from loadctl.protocol.messages import Series, Snapshot
 
@@ -89,7 +89,7 @@ class Totals:
         }
 
 
-def validate_snapshots(snapshots: Sequence[Snapshot]) -> WireBatch:
+def validate_snapshots(snapshots: Sequence[Snapshot]) -> HistogramBatch:
     """Check snapshots' series completely before anything is merged: ValueError if
     any is malformed; else all their histograms (latency, service, send_lag of each
     series, snapshot after snapshot), validated together, ready for one merge

@@ -33,7 +33,13 @@ import numpy.typing as npt
 
 from loadctl.coordinator.seqs import SeqSet
 from loadctl.coordinator.stats import Totals, validate_snapshots
-from loadctl.protocol.histogram import COUNTS_LEN, Histogram, WireBatch, add_batch, check_batch
+from loadctl.protocol.histogram import (
+    COUNTS_LEN,
+    Histogram,
+    HistogramBatch,
+    add_batch,
+    check_batch,
+)
 from loadctl.protocol.messages import Series, Snapshot
 
 SeriesKey = tuple[str, str]  # (phase, request name)
@@ -124,7 +130,9 @@ class IntervalRecord:
         self._block = None
         self._rows = {}
 
-    def merge(self, keys: Sequence[SeriesKey], series: Sequence[Series], batch: WireBatch) -> None:
+    def merge(
+        self, keys: Sequence[SeriesKey], series: Sequence[Series], batch: HistogramBatch
+    ) -> None:
         """Add a snapshot's validated series (`batch` holds their histograms)."""
         if not keys:
             return

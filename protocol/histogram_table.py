@@ -25,25 +25,37 @@
 # Counts wider than 4 bytes are refused: one agent's one-second snapshot never
 # puts 2^32 requests in one slot, and the sums below then cannot wrap.
 #
+# The checks and the merge run in a compiled kernel (_table_kernel.c) when the
+# install could build it, else in numpy; both enforce the same rules with the
+# same messages (tests run every table test through both). LOADCTL_NO_KERNEL=1
+# picks numpy even when the kernel is there (to compare them).
+#
 # decode_tables accepts exactly what decode_wire accepts histogram by histogram
 # (the same rules: strictly increasing indices, non-zero counts that add up to
 # count - overflow, min in the first slot and max in the last or above HIGHEST
 # with overflow) and raises HistogramWireError, and nothing else, on anything
 # else; tests/test_histogram_table.py checks both against each other.
 """The columnar wire form of a snapshot's histograms: the encoder, and the
-validating decoder of many tables at once into one WireBatch."""
+validating decoder of many tables at once into one batch to merge."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from itertools import accumulate
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from loadctl.protocol.hdr_layout import COUNTS_LEN, HIGHEST, indices_of
-from loadctl.protocol.histogram_wire import _COUNT_DTYPES, HistogramWireError, WireBatch
+from loadctl.protocol.histogram_wire import (
+    _COUNT_DTYPES,
+    HistogramBatch,
+    HistogramWireError,
+    WireBatch,
+    WireParts,
+)
 
 if TYPE_CHECKING:
     from loadctl.protocol.histogram import Histogram
@@ -90,24 +102,108 @@ def to_table(histograms: Sequence[Histogram]) -> list[Any]:
     ]
 
 
-def decode_tables(tables: Sequence[Any], sizes: Sequence[int]) -> WireBatch:
+class _Kernel(Protocol):
+    def check(
+        self, h: int, ns: bytes, sc: bytes, d: bytes, ep: bytes, ev: bytes, cw: int, c: bytes
+    ) -> str | None: ...
+
+    def scatter(
+        self,
+        block: npt.NDArray[np.uint64],
+        offsets: bytes,
+        h: int,
+        ns: bytes,
+        sc: bytes,
+        d: bytes,
+        ep: bytes,
+        ev: bytes,
+        cw: int,
+        c: bytes,
+    ) -> None: ...
+
+
+def _load_kernel() -> _Kernel | None:
+    if os.environ.get("LOADCTL_NO_KERNEL"):
+        return None
+    try:
+        from loadctl.protocol import _table_kernel
+    except ImportError:  # the install had no C compiler: numpy does the same work
+        return None
+    return _table_kernel
+
+
+KERNEL = _load_kernel()
+
+
+def decode_tables(tables: Sequence[Any], sizes: Sequence[int]) -> HistogramBatch:
     """Validate tables holding sizes[k] histograms each, and return all their
-    histograms, table after table, as one WireBatch. HistogramWireError if any
-    table is malformed (which one is not said: decode them one by one to tell)."""
+    histograms, table after table, as one batch. HistogramWireError if any table
+    is malformed (which one is not said: decode them one by one to tell)."""
     if len(tables) != len(sizes):
         raise ValueError("one size per table")
+    for table, size in zip(tables, sizes, strict=True):
+        _check_fields(table, size)
+    if KERNEL is None:
+        return _decode_columns(tables, sizes)
+    for table in tables:
+        fault = KERNEL.check(*table)
+        if fault is not None:
+            raise _fail(fault)
+    return TableBatch(KERNEL, tables, sizes)
+
+
+class TableBatch:
+    """Tables the compiled kernel checked, kept as they came: the kernel merges each
+    in one walk (`scatter`); `parts` decodes them with numpy, on the rare path that
+    needs the slots themselves (a late snapshot)."""
+
+    __slots__ = ("_flat", "kernel", "lengths", "scalars", "sizes", "tables")
+
+    def __init__(self, kernel: _Kernel, tables: Sequence[Any], sizes: Sequence[int]) -> None:
+        self.kernel = kernel
+        self.tables = tables
+        self.sizes = sizes
+        ns = np.frombuffer(b"".join(t[1] for t in tables), dtype=_NS)
+        self.lengths: list[int] = ns.tolist()
+        sc = np.frombuffer(b"".join(t[2] for t in tables), dtype=_SC)
+        self.scalars: list[list[int]] = sc.reshape(-1, 4).tolist()
+        self._flat: WireBatch | None = None
+
+    def __len__(self) -> int:
+        return len(self.scalars)
+
+    def parts(self, k: int) -> WireParts:
+        if self._flat is None:
+            self._flat = _decode_columns(self.tables, self.sizes)
+        return self._flat.parts(k)
+
+    def scatter(self, cells: npt.NDArray[np.uint64], offsets: npt.NDArray[np.int64]) -> None:
+        start = 0
+        for table, size in zip(self.tables, self.sizes, strict=True):
+            self.kernel.scatter(cells, offsets[start : start + size].tobytes(), *table)
+            start += size
+
+
+def _check_fields(table: Any, size: int) -> None:
+    """What both decoders need before they read a table: its shape and lengths."""
+    _check_shape(table, size)
+    d, ep, ev, cw, c = table[3:]
+    if len(c) != len(d) * cw or len(ev) % 2 or len(ep) != 2 * len(ev):
+        raise _fail("'d' and 'c', or 'ep' and 'ev', do not hold as many entries")
+    if ep and int.from_bytes(ep[-4:], "little") >= len(d):
+        raise _fail("'ep' must be increasing positions among the slots")
+
+
+def _decode_columns(tables: Sequence[Any], sizes: Sequence[int]) -> WireBatch:
+    """decode_tables in numpy, column by column over all the tables together (whose
+    fields `_check_fields` accepted)."""
     cols: list[list[bytes]] = [[], [], [], [], [], []]  # ns, sc, d, ep, ev, c
     widths: list[int] = []
     starts: list[int] = []  # of each table's slots among all
     total = 0
-    for table, size in zip(tables, sizes, strict=True):
-        _check_shape(table, size)
+    for table in tables:
         _, ns, sc, d, ep, ev, cw, c = table
         slots = len(d)
-        if len(c) != slots * cw or len(ev) % 2 or len(ep) != 2 * len(ev):
-            raise _fail("'d' and 'c', or 'ep' and 'ev', do not hold as many entries")
-        if ep and int.from_bytes(ep[-4:], "little") >= slots:
-            raise _fail("'ep' must be increasing positions among the slots")
         starts.append(total)
         total += slots
         for col, part in zip(cols, (ns, sc, d, ep, ev, c), strict=True):

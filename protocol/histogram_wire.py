@@ -16,7 +16,7 @@ and the batched merge into the rows of a block."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -122,10 +122,33 @@ _SEQUENCES = (list, tuple)
 # A snapshot carries dozens of histograms of a few hundred to a few thousand slots
 # each. Checked one by one, each costs some ten numpy calls, and call overhead, not
 # the slots, dominates. So a snapshot's histograms travel as one table
-# (histogram_table), whose decoder runs decode_wire's checks column by column over
-# the tables of many snapshots and hands over a WireBatch; add_batch merges it into
-# the rows of one block in one scatter (one prefix sum whose segment starts are
-# corrected so each histogram's indices restart at its row).
+# (histogram_table), whose decoder runs decode_wire's checks over the tables of many
+# snapshots and hands over a HistogramBatch; add_batch merges it into the rows of one
+# block. Two kinds: the compiled kernel's (histogram_table.TableBatch: the tables
+# as they came, walked once to check and once to merge), and numpy's (WireBatch:
+# checked column by column, merged in one scatter after one prefix sum whose
+# segment starts are corrected so each histogram's indices restart at its row).
+
+
+class HistogramBatch(Protocol):
+    """Several validated histograms, ready to merge: `lengths[k]` is histogram k's
+    number of non-empty slots and `scalars[k]` its (count, overflow, min, max)."""
+
+    @property
+    def lengths(self) -> Sequence[int]: ...
+
+    @property
+    def scalars(self) -> Sequence[Sequence[int]]: ...
+
+    def __len__(self) -> int: ...
+
+    def parts(self, k: int) -> WireParts:
+        """Histogram k as `decode_wire` returns it."""
+        ...
+
+    def scatter(self, cells: npt.NDArray[np.uint64], offsets: npt.NDArray[np.int64]) -> None:
+        """Add each slot of histogram k to cells[offsets[k] + its index]."""
+        ...
 
 
 class WireBatch:
@@ -177,6 +200,13 @@ class WireBatch:
         count, overflow, mn, mx = self.scalars[k]
         return self.idx[a:b], self.cnt[a:b], count, overflow, mn, mx
 
+    def scatter(self, cells: npt.NDArray[np.uint64], offsets: npt.NDArray[np.int64]) -> None:
+        """Add each slot of histogram k to cells[offsets[k] + its index], in one np.add.at."""
+        if self.cnt.size:
+            if self.at.size != offsets.size:  # some are empty: only the others have slots
+                offsets = offsets[np.array(self.lengths) > 0]
+            np.add.at(cells, _prefix_sums(self, offsets), self.cnt)
+
 
 def _prefix_sums(batch: WireBatch, offsets: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
     """Each non-empty histogram's indices plus its offset, in one prefix sum: the delta
@@ -193,7 +223,7 @@ def _prefix_sums(batch: WireBatch, offsets: npt.NDArray[np.int64]) -> npt.NDArra
     return out
 
 
-def check_batch(histograms: Sequence[Histogram], batch: WireBatch) -> None:
+def check_batch(histograms: Sequence[Histogram], batch: HistogramBatch) -> None:
     """HistogramWireError if merging `batch` into `histograms` would take a total count
     beyond 2^63 - 1 (checked for all of them before anything is merged)."""
     incoming = sum(s[0] for s in batch.scalars)
@@ -210,7 +240,7 @@ def add_batch(
     block: npt.NDArray[np.uint64],
     rows: Sequence[int],
     histograms: Sequence[Histogram],
-    batch: WireBatch,
+    batch: HistogramBatch,
 ) -> None:
     """Merge histogram k of `batch` into `histograms[k]`, whose counts are row `rows[k]`
     of `block` (C-contiguous, COUNTS_LEN columns; see Histogram.over), in one scatter.
@@ -219,13 +249,10 @@ def add_batch(
         raise ValueError("one row and one histogram per histogram of the batch")
     if not block.flags.c_contiguous or block.ndim != 2 or block.shape[1] != COUNTS_LEN:
         raise ValueError("block must be a C-contiguous array of COUNTS_LEN columns")
+    if block.dtype != np.uint64:
+        raise ValueError("block must hold uint64 counts")
     check_batch(histograms, batch)
-    if batch.cnt.size:
-        offsets = np.array(rows, dtype=np.int64)
-        if batch.at.size != offsets.size:  # some are empty: only the others have slots
-            offsets = offsets[np.array(batch.lengths) > 0]
-        offsets *= COUNTS_LEN
-        np.add.at(block.reshape(-1), _prefix_sums(batch, offsets), batch.cnt)
+    batch.scatter(block.reshape(-1), np.array(rows, dtype=np.int64) * COUNTS_LEN)
     for h, (count, overflow, mn, mx) in zip(histograms, batch.scalars, strict=True):
         if count:
             h._add_scalars(count, overflow, mn, mx)

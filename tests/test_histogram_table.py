@@ -2,9 +2,12 @@
 # tables decode together into exactly what each histogram's own wire form
 # decodes to, and the table decoder accepts nothing that decode_wire would
 # reject: a mutated table either raises HistogramWireError, and nothing else, or
-# decodes into histograms that decode_wire accepts too, slot for slot.
+# decodes into histograms that decode_wire accepts too, slot for slot. Every test
+# runs twice: through the compiled kernel and through numpy (tests/test_table_kernel.py
+# holds the kernel against numpy, fault for fault).
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -12,7 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mutations import damage
+from table_kernel_required import kernel_or_skip
 
+from loadctl.protocol import histogram_table
 from loadctl.protocol.histogram import (
     COUNTS_LEN,
     HIGHEST,
@@ -27,6 +32,20 @@ from loadctl.protocol.histogram import (
 from loadctl.protocol.histogram_table import TABLE_FIELDS, decode_tables, to_table
 
 SEEDS = st.integers(0, 2**32 - 1)
+
+
+@pytest.fixture(autouse=True, scope="module", params=["kernel", "numpy"])
+def decoder(request: pytest.FixtureRequest) -> Iterator[str]:
+    """decode_tables and add_batch through the compiled kernel, then through numpy."""
+    built = histogram_table.KERNEL
+    if request.param == "kernel":
+        kernel_or_skip()
+    else:
+        histogram_table.KERNEL = None
+    try:
+        yield request.param
+    finally:
+        histogram_table.KERNEL = built
 
 
 @st.composite
