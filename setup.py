@@ -9,7 +9,7 @@ setup(
         Extension(
             "loadctl.protocol._table_kernel",
             ["protocol/_table_kernel.c"],
-            extra_compile_args=["-O2"],
+            extra_compile_args=["-O3"],
             optional=True,
         )
     ]

@@ -58,6 +58,36 @@ static inline int64_t index_of(int64_t value) {
     return ((int64_t)b << SUB_HALF_MAG) + (value >> b);
 }
 
+#if defined(__GNUC__) || defined(__clang__)
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define ALWAYS_INLINE inline
+#endif
+
+/* Count j of width cw; called with a constant cw, so each width gets its own loop
+ * with a plain load (see the dispatch on t->cw below). */
+static ALWAYS_INLINE uint64_t count_at(const unsigned char *c, Py_ssize_t j, int cw) {
+    switch (cw) {
+    case 1: return c[j];
+    case 2: return load_u(c + 2 * j, 2);
+    default: return load_u(c + 4 * j, 4);
+    }
+}
+
+/* The sum of n counts and whether one is 0, in a loop the compiler vectorises. */
+static ALWAYS_INLINE uint64_t sum_counts(const unsigned char *c, Py_ssize_t n, int cw,
+                                         int *zero) {
+    uint64_t sum = 0; /* < 2^16 counts below 2^32 */
+    uint32_t least = UINT32_MAX; /* a minimum vectorises, a count of zeros does not */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint32_t v = (uint32_t)count_at(c, i, cw);
+        sum += v;
+        least = v < least ? v : least;
+    }
+    *zero = least == 0;
+    return sum;
+}
+
 typedef struct {
     Py_ssize_t h;
     const unsigned char *ns, *sc, *d, *ep, *ev, *c; /* as parsed: "y#" gives const char */
@@ -152,26 +182,33 @@ static const char *check_table(const Table *t) {
             if (count > 0 && mn <= HIGHEST) broken[EMPTY_MIN_IN_RANGE] = 1;
             continue;
         }
-        int64_t index = 0, first = 0;
-        uint64_t sum = 0; /* < 2^16 counts below 2^32 */
-        for (Py_ssize_t i = 0; i < n; i++, j++) {
-            int64_t delta = t->d[j];
-            if (delta == 0) { /* an escape: the check above says 'ep' has it next */
-                delta = (int64_t)load_u(t->ev + 2 * e, 2);
-                e++;
-                if (delta == 0 && i > 0) broken[NOT_INCREASING] = 1;
-            }
+        /* The last index is the sum of the deltas: the narrow ones (an escape's 0
+         * adds nothing) and the escapes in this histogram, which the checks above
+         * say are next in 'ep', the first of them at j if d[j] is 0. */
+        uint64_t index = 0;
+        for (Py_ssize_t i = 0; i < n; i++) index += t->d[j + i];
+        int64_t first = t->d[j];
+        for (; e < t->escapes && (Py_ssize_t)load_u(t->ep + 4 * e, 4) < j + n; e++) {
+            uint64_t delta = load_u(t->ev + 2 * e, 2);
+            if ((Py_ssize_t)load_u(t->ep + 4 * e, 4) == j) first = (int64_t)delta;
+            else if (delta == 0) broken[NOT_INCREASING] = 1;
             index += delta;
-            if (i == 0) first = index;
-            uint64_t count_here = load_u(t->c + (size_t)j * t->cw, t->cw);
-            if (count_here == 0) broken[ZERO_COUNT] = 1;
-            sum += count_here;
         }
+        int zero;
+        uint64_t sum;
+        switch (t->cw) {
+        case 1: sum = sum_counts(t->c + j, n, 1, &zero); break;
+        case 2: sum = sum_counts(t->c + 2 * j, n, 2, &zero); break;
+        default: sum = sum_counts(t->c + 4 * j, n, 4, &zero); break;
+        }
+        j += n;
+        if (zero) broken[ZERO_COUNT] = 1;
         if (index >= COUNTS_LEN) broken[OUT_OF_RANGE] = 1;
         if ((int64_t)sum != count - overflow) broken[SUMS] = 1;
         if (mn > HIGHEST || index_of(mn) != first) broken[MIN_SLOT] = 1;
         if ((mx > HIGHEST) != (overflow > 0)) broken[MAX_IFF_OVERFLOW] = 1;
-        if (overflow == 0 && mx <= HIGHEST && index_of(mx) != index) broken[MAX_SLOT] = 1;
+        if (overflow == 0 && mx <= HIGHEST && index_of(mx) != (int64_t)index)
+            broken[MAX_SLOT] = 1;
     }
     for (int rule = 0; rule < RULES; rule++)
         if (broken[rule]) return MESSAGES[rule];
@@ -187,6 +224,31 @@ static PyObject *kernel_check(PyObject *self, PyObject *args) {
     const char *fault = check_table(&t);
     if (fault == NULL) Py_RETURN_NONE;
     return PyUnicode_FromString(fault);
+}
+
+/* Add each histogram's counts at cell[offsets[k] + index]; NULL, or the fault
+ * that stopped it (only in a table `check` refused). */
+static ALWAYS_INLINE const char *scatter_width(const Table *t, const unsigned char *offsets,
+                                               uint64_t *cell, int cw) {
+    Py_ssize_t j = 0, e = 0;
+    for (Py_ssize_t k = 0; k < t->h; k++) {
+        uint64_t *row = cell + load_i64(offsets + 8 * k);
+        Py_ssize_t n = (Py_ssize_t)load_u(t->ns + 2 * k, 2);
+        if (n > t->slots - j) return "'ns' does not add up to the slots in 'd'";
+        int64_t index = 0;
+        for (Py_ssize_t end = j + n; j < end; j++) {
+            int64_t delta = t->d[j];
+            if (delta == 0) {
+                if (e >= t->escapes) return "'d' must be 0 exactly at the positions in 'ep'";
+                delta = (int64_t)load_u(t->ev + 2 * e, 2);
+                e++;
+            }
+            index += delta;
+            if (index >= COUNTS_LEN) return "index out of range";
+            row[index] += count_at(t->c, j, cw);
+        }
+    }
+    return NULL;
 }
 
 static PyObject *kernel_scatter(PyObject *self, PyObject *args) {
@@ -216,34 +278,11 @@ static PyObject *kernel_scatter(PyObject *self, PyObject *args) {
             return NULL;
         }
     }
-    uint64_t *cell = (uint64_t *)block.buf;
-    Py_ssize_t j = 0, e = 0;
-    const char *fault = NULL;
-    for (Py_ssize_t k = 0; k < t.h && fault == NULL; k++) {
-        uint64_t *row = cell + load_i64(offsets + 8 * k);
-        Py_ssize_t n = (Py_ssize_t)load_u(t.ns + 2 * k, 2);
-        if (n > t.slots - j) {
-            fault = "'ns' does not add up to the slots in 'd'";
-            break;
-        }
-        int64_t index = 0;
-        for (Py_ssize_t i = 0; i < n; i++, j++) {
-            int64_t delta = t.d[j];
-            if (delta == 0) {
-                if (e >= t.escapes) {
-                    fault = "'d' must be 0 exactly at the positions in 'ep'";
-                    break;
-                }
-                delta = (int64_t)load_u(t.ev + 2 * e, 2);
-                e++;
-            }
-            index += delta;
-            if (index >= COUNTS_LEN) {
-                fault = "index out of range";
-                break;
-            }
-            row[index] += load_u(t.c + (size_t)j * t.cw, t.cw);
-        }
+    const char *fault;
+    switch (t.cw) {
+    case 1: fault = scatter_width(&t, offsets, (uint64_t *)block.buf, 1); break;
+    case 2: fault = scatter_width(&t, offsets, (uint64_t *)block.buf, 2); break;
+    default: fault = scatter_width(&t, offsets, (uint64_t *)block.buf, 4); break;
     }
     PyBuffer_Release(&block);
     if (fault != NULL) {
