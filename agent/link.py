@@ -53,6 +53,7 @@ class CoordinatorLink:
             apply(self.socket)
         self.socket.connect(endpoint)
         self.last_heard = time.monotonic()
+        self.last_sent = 0.0  # when a frame was last queued (heartbeats skip busy links)
         # seq -> (when to resend it, the wait after that, the encoded snapshot)
         self.outbox: OrderedDict[int, tuple[float, float, bytes]] = OrderedDict()
         self.next_seq = 1
@@ -72,6 +73,7 @@ class CoordinatorLink:
         except zmq.Again:
             self.send_failures += 1
             return False
+        self.last_sent = time.monotonic()
         return True
 
     async def send_snapshot(self, snapshot: Snapshot) -> None:

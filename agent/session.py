@@ -228,13 +228,16 @@ class AgentSession:
             )
 
     async def _serve_until_done(self) -> None:
-        last_beat = 0.0
+        last_resend = 0.0
         while not self.finished:
             await self._pump(0.1)  # the dead-man check below runs at least 10 times a second
             now = time.monotonic()
-            if now - last_beat >= self.heartbeat:
-                last_beat = now
+            # Any frame tells the coordinator we are alive: a heartbeat only goes after a
+            # heartbeat period of sending nothing else (a snapshot a second halves them).
+            if now - self.link.last_sent >= self.heartbeat:
                 await self.link.send(self._heartbeat())
+            if now - last_resend >= self.heartbeat:
+                last_resend = now
                 await self.link.resend_due()
             if self.link.silence() > self.deadman:
                 await self._dead_man()  # returns once the coordinator is back (or raises)

@@ -2,8 +2,9 @@
 # take snapshots from 50, 200 and 1,000 agents. The agents are simulated: many
 # DEALER sockets in a few spawned processes (nice 5: the coordinator is the
 # system under test), each doing what a real agent does on the wire (Hello until
-# Welcome, five Ping/Pong rounds, Ready, heartbeats twice a second), taking its
-# Plan, sending Started, then at every interval's end a snapshot of 10 request
+# Welcome, five Ping/Pong rounds, Ready, a heartbeat after each half second of
+# sending nothing), taking its Plan, sending Started, then at every interval's
+# end a snapshot of 10 request
 # names (three histograms each, recorded from log-normal latencies of 200 to
 # 3,000 requests per name per second: ~700 non-empty slots, ~50 KiB frames),
 # resending what is not acked after 2 s, and Done at the end. Snapshot frames
@@ -233,6 +234,7 @@ class SimAgent:
     outbox: dict[int, tuple[float, bytes]] = field(default_factory=dict)  # seq -> (due, frame)
     waits: dict[int, float] = field(default_factory=dict)  # seq -> its last resend wait
     id_packed: bytes = b""
+    last_sent: float = 0.0  # a heartbeat goes only after HEARTBEAT s of sending nothing
 
 
 class SnapshotFrames:
@@ -478,6 +480,7 @@ def agents_main(endpoint: str, ids: list[str], seed: int, out: Any) -> None:
                     )
                     at = time.time()
                     a.socket.send(frame, zmq.NOBLOCK, copy=False)
+                    a.last_sent = at
                     a.outbox[a.seq] = (at + RESEND_AFTER, frame)
                     sent.append((a.agent_id, a.seq, at))
                     requests_sent += n
@@ -493,16 +496,20 @@ def agents_main(endpoint: str, ids: list[str], seed: int, out: Any) -> None:
             late = max(late, now - due)  # this process's own stalls, if any
             a = agents[i]
             if a.state in ("ready", "running", "done"):
-                state = "running" if a.state == "running" else "ready"
-                a.socket.send(encode(Heartbeat(state, 35.0, 80_000_000, 20, now)), zmq.NOBLOCK)
+                if now - a.last_sent >= HEARTBEAT:  # as agent.session: only on a quiet link
+                    state = "running" if a.state == "running" else "ready"
+                    beat = encode(Heartbeat(state, 35.0, 80_000_000, 20, now))
+                    a.socket.send(beat, zmq.NOBLOCK)
+                    a.last_sent = now
                 for seq, (stamp, frame) in list(a.outbox.items()):
                     if now >= stamp:  # due: resent, the wait doubling as agent.link does
                         wait = min(2 * a.waits.get(seq, RESEND_AFTER / 2), RESEND_MAX)
                         a.waits[seq] = wait
                         a.outbox[seq] = (now + wait, frame)
                         a.socket.send(frame, zmq.NOBLOCK, copy=False)
+                        a.last_sent = now
                         resends += 1
-                heapq.heappush(beats, (max(due + HEARTBEAT, now), i))
+                heapq.heappush(beats, (max(a.last_sent + HEARTBEAT, now), i))
     for a in agents:
         a.socket.close(linger=0)
     ctx.term()

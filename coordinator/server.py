@@ -29,6 +29,7 @@ log = logging.getLogger("loadctl.coordinator")
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 _RCVMORE = int(zmq.RCVMORE)
+_SENT_AT_LIMIT = 100_000  # identities whose last send is remembered (see `quiet`)
 
 
 class RateLimitedLog:
@@ -71,6 +72,7 @@ class Server:
         self.rejected: Counter[str] = Counter()
         self.drained = False  # the last receive_frames read the socket dry
         self.limited = RateLimitedLog()
+        self.sent_at: dict[bytes, float] = {}  # identity -> when we last sent it anything
 
     async def receive(self, timeout: float) -> tuple[bytes, Message] | None:
         """The next valid (identity, message), or None when `timeout` passes."""
@@ -189,6 +191,12 @@ class Server:
         for identity in identities:
             self._send_encoded(identity, data, message)
 
+    def quiet(self, identities: list[bytes], for_at_least: float) -> list[bytes]:
+        """Those of `identities` sent nothing in the last `for_at_least` seconds."""
+        since = time.monotonic() - for_at_least
+        sent_at = self.sent_at.get
+        return [i for i in identities if sent_at(i, 0.0) <= since]
+
     def _send_now(self, identity: bytes, message: Message) -> None:
         self._send_encoded(identity, encode(message), message)
 
@@ -196,6 +204,9 @@ class Server:
         try:
             self.now.send(identity, _MORE_NOBLOCK)  # a ROUTER sends or drops a whole message
             self.now.send(data, _NOBLOCK)
+            if len(self.sent_at) > _SENT_AT_LIMIT:  # strangers' identities: forget them all
+                self.sent_at.clear()
+            self.sent_at[identity] = time.monotonic()
         except zmq.Again:
             self.limited.warn(
                 "send",
