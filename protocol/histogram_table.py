@@ -107,19 +107,7 @@ class _Kernel(Protocol):
         self, h: int, ns: bytes, sc: bytes, d: bytes, ep: bytes, ev: bytes, cw: int, c: bytes
     ) -> str | None: ...
 
-    def scatter(
-        self,
-        block: npt.NDArray[np.uint64],
-        offsets: bytes,
-        h: int,
-        ns: bytes,
-        sc: bytes,
-        d: bytes,
-        ep: bytes,
-        ev: bytes,
-        cw: int,
-        c: bytes,
-    ) -> None: ...
+    def scatter(self, block: npt.NDArray[np.uint64], offsets: bytes, tables: list[Any]) -> None: ...
 
 
 def _load_kernel() -> _Kernel | None:
@@ -178,10 +166,7 @@ class TableBatch:
         return self._flat.parts(k)
 
     def scatter(self, cells: npt.NDArray[np.uint64], offsets: npt.NDArray[np.int64]) -> None:
-        start = 0
-        for table, size in zip(self.tables, self.sizes, strict=True):
-            self.kernel.scatter(cells, offsets[start : start + size].tobytes(), *table)
-            start += size
+        self.kernel.scatter(cells, offsets.tobytes(), list(self.tables))
 
 
 def _check_fields(table: Any, size: int) -> None:

@@ -79,26 +79,57 @@ def test_the_kernel_guards_its_memory() -> None:
     table = valid_tables()[0]
     block = np.zeros((2, COUNTS_LEN), dtype=np.uint64)
     row = np.array([0, 1, 1], dtype=np.int64) * COUNTS_LEN
-    kernel.scatter(block.reshape(-1), row.tobytes(), *table)
-    assert int(block.sum()) == sum(
-        s[0] - s[1] for s in np.frombuffer(table[2], "<i8").reshape(-1, 4).tolist()
-    )
+    kernel.scatter(block.reshape(-1), row.tobytes(), [table])
+    scalars = np.frombuffer(table[2], "<i8").reshape(-1, 4)
+    assert int(block.sum()) == int((scalars[:, 0] - scalars[:, 1]).sum())
     with pytest.raises(ValueError, match="inconsistent lengths"):
         kernel.check(*table[:3], table[3][:-1], *table[4:])
     with pytest.raises(ValueError, match="inconsistent lengths"):
         kernel.check(3, table[1], table[2], table[3], table[4], table[5], 3, table[7])
+    with pytest.raises(ValueError, match="inconsistent lengths"):
+        kernel.scatter(block.reshape(-1), row.tobytes(), [[*table[:3], table[3][:-1], *table[4:]]])
+    with pytest.raises(TypeError):
+        kernel.scatter(block.reshape(-1), row.tobytes(), [table[:7]])
+    with pytest.raises(TypeError):
+        kernel.scatter(block.reshape(-1), row.tobytes(), [5])
     beyond = np.array([0, 0, 2 * COUNTS_LEN - 10], dtype=np.int64)
     negative = np.array([0, -1, 0], dtype=np.int64)
     for offsets in (beyond, negative, row[:2]):
         with pytest.raises(ValueError, match="offset"):
-            kernel.scatter(block.reshape(-1), offsets.tobytes(), *table)
+            kernel.scatter(block.reshape(-1), offsets.tobytes(), [table])
     with pytest.raises(ValueError, match="8-byte counts"):
-        kernel.scatter(np.zeros(3 * COUNTS_LEN, dtype=np.uint32), row.tobytes(), *table)
+        kernel.scatter(np.zeros(3 * COUNTS_LEN, dtype=np.uint32), row.tobytes(), [table])
     with pytest.raises((TypeError, BufferError)):
-        kernel.scatter(bytes(8 * 2 * COUNTS_LEN), row.tobytes(), *table)
+        kernel.scatter(bytes(8 * 2 * COUNTS_LEN), row.tobytes(), [table])
     far = raw_table([([1000, COUNTS_LEN + 5], [1, 2], 3, 0, 0, 0)])  # check refuses it
     assert kernel.check(*far) == "index out of range"
     before = block.copy()
     with pytest.raises(RuntimeError, match="unchecked table: index out of range"):
-        kernel.scatter(block.reshape(-1), np.zeros(1, dtype=np.int64).tobytes(), *far)
+        kernel.scatter(block.reshape(-1), np.zeros(1, dtype=np.int64).tobytes(), [far])
     assert int(block.sum()) - int(before.sum()) == 1  # the slot before the fault only
+
+
+def test_tables_of_different_sizes_scatter_histogram_by_histogram() -> None:
+    """The kernel walks histogram k of every table before histogram k + 1: tables of
+    one, three and no histograms, and an empty table, land where their offsets say."""
+    from loadctl.protocol.histogram import Histogram
+    from loadctl.protocol.histogram_table import to_table
+
+    rng = np.random.default_rng(5)
+    groups = [[Histogram()], [Histogram() for _ in range(3)], [], [Histogram(), Histogram()]]
+    for group in groups:
+        for h in group:
+            h.record_many(rng.lognormal(np.log(1e7), 1.0, 500))
+        if group:
+            group[0].record(0, count=3)  # an escape at a histogram's first slot
+    tables = [to_table(g) for g in groups]
+    rows = [2, 0, 1, 3, 3, 0]  # histograms in table order; rows shared across tables
+    block = np.zeros((4, COUNTS_LEN), dtype=np.uint64)
+    kernel = histogram_table.KERNEL
+    assert kernel is not None
+    kernel.scatter(block.reshape(-1), (np.array(rows) * COUNTS_LEN).tobytes(), tables)
+    want = [Histogram() for _ in range(4)]
+    for r, h in zip(rows, [h for g in groups for h in g], strict=True):
+        want[r].merge(h)
+    for r in range(4):
+        assert np.array_equal(block[r], want[r]._counts), f"row {r}"
