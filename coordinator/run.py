@@ -62,6 +62,7 @@ MAX_AGENTS = 4096  # a flood of Hellos cannot grow the registry without bound
 SHARE_NOTICE = 0.3  # seconds between sending new shares and their taking effect
 # beyond the agents' dead-man delay (and its 0.1 s check), before a lost share moves
 DEADMAN_MARGIN = 0.2
+LOSS_CHECK_EVERY = 0.2  # seconds between looks for silent agents (O(agents) each)
 REJOIN = "rejoin"  # Stop reason: stop the old share, hand over results, say Ready again
 
 
@@ -121,6 +122,7 @@ class Coordinator:
         self.agent_errors: list[str] = []
         self._interrupt = False
         self._last_beat = 0.0
+        self._last_loss_check = 0.0
         self._drain_deadline = math.inf
         self._reported_interval = -1
         self.server: Server | None = None
@@ -298,11 +300,14 @@ class Coordinator:
 
     async def _tick_running(self, now: float) -> None:
         assert self.intake is not None
-        lost_after = self.options.lost_after
-        silence = self.intake.silence  # as far as what we have read can tell
-        silent = [a for a in self._planned_alive() if silence(a) > lost_after and not a.complete()]
-        if silent:
-            await self._lose(silent)
+        if now - self._last_loss_check >= LOSS_CHECK_EVERY:
+            self._last_loss_check = now
+            lost_after = self.options.lost_after
+            silence = self.intake.silence  # as far as what we have read can tell
+            alive = self._planned_alive()
+            silent = [a for a in alive if silence(a) > lost_after and not a.complete()]
+            if silent:
+                await self._lose(silent)
         if self._interrupt and self.state == "running":
             self.status = "interrupted"
             self.events.append(RunEvent(time.time(), "interrupted"))
