@@ -111,6 +111,7 @@ class AgentSession:
         self._welcomed = asyncio.Event()
         self._run_id = ""
         self._rejoin = False  # the coordinator asked us to stop our share and say Ready again
+        self._handshaking = False  # saying Hello .. Ready: a rejoin is what we are doing
 
     # -- lifecycle ------------------------------------------------------------------------
     async def run(self) -> int:
@@ -141,6 +142,13 @@ class AgentSession:
     async def _handshake(self) -> None:
         """Hello until Welcome (bounded by --connect-timeout, or with backoff forever when
         serving), then measure the clock offset and say Ready."""
+        self._handshaking = True
+        try:
+            await self._hello_until_ready()
+        finally:
+            self._handshaking = False
+
+    async def _hello_until_ready(self) -> None:
         started = time.monotonic()
         deadline = started + self.options.connect_timeout
         backoff = 1.0
@@ -387,6 +395,10 @@ class AgentSession:
     async def _on_stop(self, stop: Stop) -> None:
         log.info("coordinator asked to stop: %s", stop.reason)
         if stop.reason == REJOIN:  # we were declared lost: stop at once, then rejoin
+            if self._handshaking:
+                # Asked again (once a second while we were lost) before our Hello: this
+                # handshake is the rejoin; acting on it would rejoin a second time.
+                return
             if self.runner is not None:
                 self.runner.abort()
             self._rejoin = True
