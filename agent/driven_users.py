@@ -11,14 +11,16 @@ records the outcome and writes its next request in the same call. No task
 runs between two requests of a user.
 
 Only what needs no awaiting per request runs this way (`drivable`): the steps of
-a users phase, templated or not, with their checks, extractions, `once` and
-`abort_on_fail`, but no feeder, no Python flow and no cookies, on the fast engine
+a users phase, templated or not, with their checks, extractions, `once`,
+`abort_on_fail` and data rows, but no Python flow and no cookies, on the fast engine
 (its shared pool, or with `connections: per-user` a client of the user's own,
 closed at its end). Anything else runs as the coroutine users of `users.py`,
 which measure the same things in the same way; a step's reply (with its headers
 and body when a check or extraction reads them) is judged by the same function
 (`judge`), and `once` and `abort_on_fail` move through the iteration as
-`_steps_iteration` does.
+`_steps_iteration` does. A feeder's rows are taken as `_user_loop` takes them (its
+calls never wait): a `unique-per-user` row when the user starts, any other mode's
+next row when an iteration starts; a user whose feeder has no row left ends.
 
 Each user still has a task (the controller in `users.py` starts, stops and
 cancels tasks): it starts the chain and waits until the user is done. A
@@ -35,6 +37,7 @@ from typing import TYPE_CHECKING
 
 from loadctl.agent.engine_fast import Exchange, FastClient
 from loadctl.agent.fast_conn import Prepared
+from loadctl.agent.feeders import NO_ROW, Feeder
 from loadctl.agent.http import Reply, SendError, outcome_of_class
 from loadctl.agent.journey import Step, UserState, render
 from loadctl.agent.recorder import SeriesBuffer
@@ -56,7 +59,7 @@ Judge = Callable[[Step, UserState, Reply | None, float], bool]
 
 def drivable(phase: Phase, mix: Mix | None, engine: str) -> bool:
     """Whether the users of `phase` can run as `DrivenUser`s on `engine`."""
-    if mix is None or is_python_flow(phase.flow) or phase.data is not None:
+    if mix is None or is_python_flow(phase.flow):
         return False
     return engine == "fast" and not phase.cookies
 
@@ -82,8 +85,13 @@ class DrivenUser(Exchange):
         me: UserState,
         judge: Judge,
         own_client: bool = False,
+        feeder: Feeder | None = None,
     ) -> None:
         super().__init__()
+        # a row per iteration (a unique-per-user row is taken once, in `run`)
+        self.feeder = feeder
+        self.per_user_row = feeder is not None and feeder.source.mode == "unique-per-user"
+        self.row_iteration = -1  # the iteration `me.row` was taken for
         self.own_client = own_client  # the user's own connection: closed at its end
         self.runner = runner
         self.recorder = runner.recorder
@@ -127,6 +135,11 @@ class DrivenUser(Exchange):
 
     async def run(self) -> None:
         try:
+            if self.feeder is not None and self.per_user_row:
+                self.me.row = self.feeder.for_user(self.phase.name, self.user.index)
+                if self.me.row is NO_ROW:
+                    self.user.out_of_rows = True
+                    return
             self.step()
             await self.finished
         finally:
@@ -139,6 +152,9 @@ class DrivenUser(Exchange):
         self.timer = None
         runner = self.runner
         if runner.aborted or (self.position == 0 and self.user.stopping):
+            self._finish()
+            return
+        if self.me.iteration != self.row_iteration and not self._next_row():
             self._finish()
             return
         if self.only:
@@ -178,6 +194,18 @@ class DrivenUser(Exchange):
             self.failed(error)
         finally:
             self.in_step = False
+
+    def _next_row(self) -> bool:
+        """An iteration starts: its feeder row, if the phase reads one a time; False
+        if the feeder has none left (the user ends, and is not started again)."""
+        self.row_iteration = self.me.iteration
+        if self.feeder is None or self.per_user_row:
+            return True
+        self.me.row = self.feeder.next_row(self.me.rng)
+        if self.me.row is NO_ROW:
+            self.user.out_of_rows = True
+            return False
+        return True
 
     def _build(self, name: str) -> Prepared:
         """A templated request, rendered for this user now."""

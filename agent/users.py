@@ -127,7 +127,10 @@ async def run_user_phase(runner: Runner, state: PhaseState) -> None:
             me = _user_state(runner, kit, phase, u)
             pause = functools.partial(think_seconds, phase.think, me.rng)
             judge = functools.partial(_evaluate, runner, kit, phase, jar=_no_jar)
-            driver = DrivenUser(runner, phase, mix, kit.steps, client, user, pause, me, judge, own)
+            feeder = kit.feeder(phase.data) if phase.data is not None else None
+            driver = DrivenUser(
+                runner, phase, mix, kit.steps, client, user, pause, me, judge, own, feeder
+            )
             task = loop.create_task(driver.run())
         else:
             task = loop.create_task(_user_loop(runner, state, mix, user))

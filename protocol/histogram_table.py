@@ -141,9 +141,9 @@ def decode_tables(tables: Sequence[Any], sizes: Sequence[int]) -> HistogramBatch
 
 
 class TableBatch:
-    """Tables the compiled kernel checked, kept as they came: the kernel merges each
-    in one walk (`scatter`); `parts` decodes them with numpy, on the rare path that
-    needs the slots themselves (a late snapshot)."""
+    """Tables the compiled kernel checked, kept as they came: the kernel merges them
+    all in one call (`scatter`); `parts` decodes them with numpy, on the rare path
+    that needs the slots themselves (a late snapshot)."""
 
     __slots__ = ("_flat", "kernel", "lengths", "scalars", "sizes", "tables")
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -60,6 +61,7 @@ def run_phase(
     executor: str = "constant-users",
     engine: str = "fast",
     variables: dict[str, Any] | None = None,
+    data: dict[str, Any] | None = None,
 ) -> Outcome:
     scenario = Scenario.from_dict(
         {
@@ -74,6 +76,7 @@ def run_phase(
             "requests": requests,
             "phases": [{"name": "users", "executor": executor, **phase}],
             **({"variables": variables} if variables else {}),
+            **({"data": data} if data else {}),
         }
     )
     out = Outcome()
@@ -253,6 +256,80 @@ def test_a_journey_that_extracts_a_token_and_checks_json_bodies(engine: str) -> 
     assert sum(counts["order_items"].values()) == orders
     assert set(counts["order_items"]) == {f"i{u}" for u in range(4)}
     assert out.checks["order"] == [3 * orders, 0]
+
+
+def users_file(directory: Path, rows: int) -> Path:
+    path = directory / "users.csv"
+    lines = ["username,password,item"]
+    lines += [f"user{i:03d},pw-user{i:03d},item-{i:03d}" for i in range(rows)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+LOGIN_ROW = {
+    "name": "login",
+    "method": "POST",
+    "path": "/api/login",
+    "body": {"username": "${row.username}", "password": "${row.password}"},
+    "extract": [{"var": "token", "json": "$.token"}],
+    "check": [{"status": 200}],
+}
+
+
+@pytest.mark.parametrize("engine", ["fast", "aiohttp"])
+def test_each_user_its_own_row(engine: str, tmp_path: Path) -> None:
+    """unique-per-user: four users of six rows log in once with their own row, then
+    order their row's item, each reply checked against their row's name."""
+    source = {"file": str(users_file(tmp_path, 6)), "mode": "unique-per-user"}
+    order = {
+        "name": "order",
+        "method": "POST",
+        "path": "/api/orders",
+        "headers": {"Authorization": "Bearer ${token}"},
+        "body": {"item": "${row.item}"},
+        "check": [{"status": 201}, {"json": "$.username", "equals": "${row.username}"}],
+    }
+    requests = [{**LOGIN_ROW, "once": True, "abort_on_fail": True}, order]
+    phase = {"users": 4, "duration": 1.5, "grace": 1.0, "flow": "sequence", "data": "users"}
+    phase["requests"] = ["login", "order"]
+    with running_target() as target:
+        out = run_phase(
+            target.url,
+            phase,
+            requests,
+            engine=engine,
+            data={"users": {**source, "shared_path": True}},
+        )
+        counts = target.counts()
+    assert_all_recorded(out, users=engine == "fast")
+    if engine != "fast":
+        assert out.driven == {"_user_loop"}, out.driven
+    assert counts["logins"] == {f"user{u:03d}": 1 for u in range(4)}
+    orders = out.by_status[("order", "2xx")]
+    assert orders > 20 and sum(counts["order_items"].values()) == orders
+    assert set(counts["order_items"]) == {f"item-{u:03d}" for u in range(4)}
+    assert out.checks["order"] == [2 * orders, 0] and counts["unauthorized"] == 0
+
+
+@pytest.mark.parametrize("engine", ["fast", "aiohttp"])
+def test_a_row_per_iteration_until_the_rows_run_out(engine: str, tmp_path: Path) -> None:
+    """unique-per-iteration without wrap: every iteration logs in with the next row,
+    no row is used twice, and users whose feeder ran dry end before the phase does."""
+    source = {"file": str(users_file(tmp_path, 10)), "mode": "unique-per-iteration"}
+    # thinking 200 ms, the rows last past the 0.3 s at which run_phase looks at the users
+    phase = {"users": 3, "duration": 1.5, "grace": 1.0, "think": "200ms", "data": "users"}
+    with running_target() as target:
+        out = run_phase(
+            target.url,
+            phase,
+            [LOGIN_ROW],
+            engine=engine,
+            data={"users": {**source, "shared_path": True}},
+        )
+        counts = target.counts()
+    assert_all_recorded(out, users=engine == "fast")
+    assert counts["logins"] == {f"user{r:03d}": 1 for r in range(10)}
+    assert out.outcomes == {"2xx": 10} and out.checks["login"] == [20, 0]
 
 
 @pytest.mark.parametrize("engine", ["fast", "aiohttp"])
