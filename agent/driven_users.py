@@ -91,6 +91,7 @@ class DrivenUser(Exchange):
         # a row per iteration (a unique-per-user row is taken once, in `run`)
         self.feeder = feeder
         self.per_user_row = feeder is not None and feeder.source.mode == "unique-per-user"
+        self.rows = feeder is not None and not self.per_user_row  # a row per iteration
         self.row_iteration = -1  # the iteration `me.row` was taken for
         self.own_client = own_client  # the user's own connection: closed at its end
         self.runner = runner
@@ -154,7 +155,7 @@ class DrivenUser(Exchange):
         if runner.aborted or (self.position == 0 and self.user.stopping):
             self._finish()
             return
-        if self.me.iteration != self.row_iteration and not self._next_row():
+        if self.rows and self.me.iteration != self.row_iteration and not self._next_row():
             self._finish()
             return
         if self.only:
@@ -196,11 +197,10 @@ class DrivenUser(Exchange):
             self.in_step = False
 
     def _next_row(self) -> bool:
-        """An iteration starts: its feeder row, if the phase reads one a time; False
-        if the feeder has none left (the user ends, and is not started again)."""
+        """An iteration starts: its feeder row; False if the feeder has none left (the
+        user ends, and is not started again)."""
         self.row_iteration = self.me.iteration
-        if self.feeder is None or self.per_user_row:
-            return True
+        assert self.feeder is not None
         self.me.row = self.feeder.next_row(self.me.rng)
         if self.me.row is NO_ROW:
             self.user.out_of_rows = True
