@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import uvloop
+from test_journeys import users_csv
 
 from loadctl.agent.runner import Runner
 from loadctl.protocol.clock import ClockEstimate
@@ -258,14 +259,6 @@ def test_a_journey_that_extracts_a_token_and_checks_json_bodies(engine: str) -> 
     assert out.checks["order"] == [3 * orders, 0]
 
 
-def users_file(directory: Path, rows: int) -> Path:
-    path = directory / "users.csv"
-    lines = ["username,password,item"]
-    lines += [f"user{i:03d},pw-user{i:03d},item-{i:03d}" for i in range(rows)]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
 LOGIN_ROW = {
     "name": "login",
     "method": "POST",
@@ -280,7 +273,7 @@ LOGIN_ROW = {
 def test_each_user_its_own_row(engine: str, tmp_path: Path) -> None:
     """unique-per-user: four users of six rows log in once with their own row, then
     order their row's item, each reply checked against their row's name."""
-    source = {"file": str(users_file(tmp_path, 6)), "mode": "unique-per-user"}
+    source = {"file": str(users_csv(tmp_path, 6)), "mode": "unique-per-user"}
     order = {
         "name": "order",
         "method": "POST",
@@ -315,7 +308,7 @@ def test_each_user_its_own_row(engine: str, tmp_path: Path) -> None:
 def test_a_row_per_iteration_until_the_rows_run_out(engine: str, tmp_path: Path) -> None:
     """unique-per-iteration without wrap: every iteration logs in with the next row,
     no row is used twice, and users whose feeder ran dry end before the phase does."""
-    source = {"file": str(users_file(tmp_path, 10)), "mode": "unique-per-iteration"}
+    source = {"file": str(users_csv(tmp_path, 10)), "mode": "unique-per-iteration"}
     # thinking 200 ms, the rows last past the 0.3 s at which run_phase looks at the users
     phase = {"users": 3, "duration": 1.5, "grace": 1.0, "think": "200ms", "data": "users"}
     with running_target() as target:
