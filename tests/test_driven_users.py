@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import uvloop
-from test_journeys import users_csv
+from test_journeys import LOGIN, users_csv
 
 from loadctl.agent.runner import Runner
 from loadctl.protocol.clock import ClockEstimate
@@ -259,16 +259,6 @@ def test_a_journey_that_extracts_a_token_and_checks_json_bodies(engine: str) -> 
     assert out.checks["order"] == [3 * orders, 0]
 
 
-LOGIN_ROW = {
-    "name": "login",
-    "method": "POST",
-    "path": "/api/login",
-    "body": {"username": "${row.username}", "password": "${row.password}"},
-    "extract": [{"var": "token", "json": "$.token"}],
-    "check": [{"status": 200}],
-}
-
-
 @pytest.mark.parametrize("engine", ["fast", "aiohttp"])
 def test_each_user_its_own_row(engine: str, tmp_path: Path) -> None:
     """unique-per-user: four users of six rows log in once with their own row, then
@@ -282,7 +272,7 @@ def test_each_user_its_own_row(engine: str, tmp_path: Path) -> None:
         "body": {"item": "${row.item}"},
         "check": [{"status": 201}, {"json": "$.username", "equals": "${row.username}"}],
     }
-    requests = [{**LOGIN_ROW, "once": True, "abort_on_fail": True}, order]
+    requests = [{**LOGIN, "once": True, "abort_on_fail": True}, order]
     phase = {"users": 4, "duration": 1.5, "grace": 1.0, "flow": "sequence", "data": "users"}
     phase["requests"] = ["login", "order"]
     with running_target() as target:
@@ -315,7 +305,7 @@ def test_a_row_per_iteration_until_the_rows_run_out(engine: str, tmp_path: Path)
         out = run_phase(
             target.url,
             phase,
-            [LOGIN_ROW],
+            [LOGIN],
             engine=engine,
             data={"users": {**source, "shared_path": True}},
         )
