@@ -16,12 +16,13 @@
  * length checks of decode_tables); they are checked here again, so that no input
  * reads outside its buffer whoever calls.
  *
- * `scatter` adds a validated table's counts into rows of a block. It checks every
- * write against the block's bounds, but not the rules: it must only be given a
- * table that `check` accepted.
+ * `scatter` adds validated tables' counts into rows of a block, histogram k of
+ * every table before histogram k + 1 (see kernel_scatter for why). It checks every
+ * write against the block's bounds, but not the rules: it must only be given
+ * tables that `check` accepted.
  *
- * Every multi-byte field is little endian and unaligned (msgpack bytes): loads go
- * through memcpy-free byte assembly that compilers turn into plain loads.
+ * Every multi-byte field is little endian and unaligned (msgpack bytes): loads
+ * assemble bytes (load_u), which compilers turn into plain loads.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
