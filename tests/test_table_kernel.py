@@ -133,3 +133,46 @@ def test_tables_of_different_sizes_scatter_histogram_by_histogram() -> None:
         want[r].merge(h)
     for r in range(4):
         assert np.array_equal(block[r], want[r]._counts), f"row {r}"
+
+
+def test_the_kernel_leaks_nothing_on_any_path() -> None:
+    """Checks and scatters that succeed, refuse or raise, 5,000 rounds: the memory
+    Python allocates (PyMem, which the kernel uses too) does not grow, and the
+    tables it held are released."""
+    import gc
+    import sys
+    import tracemalloc
+
+    kernel = histogram_table.KERNEL
+    assert kernel is not None
+    tables = valid_tables()
+    far = raw_table([([1000, COUNTS_LEN + 5], [1, 2], 3, 0, 0, 0)])
+    block = np.zeros((6, COUNTS_LEN), dtype=np.uint64).reshape(-1)
+    offsets = (np.arange(6, dtype=np.int64) * COUNTS_LEN).tobytes()
+
+    def paths() -> None:
+        assert kernel.check(*tables[0]) is None and kernel.check(*far) is not None
+        kernel.scatter(block, offsets, tables)
+        for bad, raised in (([far], RuntimeError), ([tables[0][:7]], TypeError), ([5], TypeError)):
+            with pytest.raises(raised):
+                kernel.scatter(block, offsets[:8], bad)
+        with pytest.raises(ValueError):
+            kernel.scatter(block, offsets[:8], tables)
+
+    for _ in range(200):
+        paths()
+    gc.collect()
+    held = sys.getrefcount(tables[0][1])  # after the warm-up: the rounds must not add to it
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(5000):
+            paths()
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 64 * 1024, f"{grown} bytes more after 5,000 rounds"
+    gc.collect()  # the last round's exceptions and their frames
+    after = sys.getrefcount(tables[0][1])  # outside the assert: its rewriting holds values
+    assert after == held
