@@ -107,8 +107,9 @@ def test_concurrent_waiters_wake_in_deadline_order(loop_kind: str, method: str) 
             await wait_until(deadline)
             woken.append((deadline, i, time.perf_counter()))
 
-        base = time.perf_counter() + 0.02
-        # 300 waiters over 60 ms, some on the same deadline
+        # 300 waiters over 60 ms, some on the same deadline, from 100 ms on: a busy CI
+        # machine once took over 20 ms to start them, and most had nothing left to wait
+        base = time.perf_counter() + 0.1
         deadlines = [base + rng.randrange(0, 60_000, 250) * 1e-6 for _ in range(300)]
         tasks = [loop.create_task(waiter(i, d)) for i, d in enumerate(deadlines)]
         await asyncio.sleep(0)  # every waiter has now asked for its deadline
