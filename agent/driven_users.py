@@ -88,10 +88,10 @@ class DrivenUser(Exchange):
         feeder: Feeder | None = None,
     ) -> None:
         super().__init__()
-        # a row per iteration (a unique-per-user row is taken once, in `run`)
-        self.feeder = feeder
-        self.per_user_row = feeder is not None and feeder.source.mode == "unique-per-user"
-        self.rows = feeder is not None and not self.per_user_row  # a row per iteration
+        # a feeder's rows: the user's own, taken when it starts, or one per iteration
+        per_user = feeder is not None and feeder.source.per_user
+        self.user_rows = feeder if per_user else None
+        self.iteration_rows = None if per_user else feeder
         self.row_iteration = -1  # the iteration `me.row` was taken for
         self.own_client = own_client  # the user's own connection: closed at its end
         self.runner = runner
@@ -136,8 +136,8 @@ class DrivenUser(Exchange):
 
     async def run(self) -> None:
         try:
-            if self.feeder is not None and self.per_user_row:
-                self.me.row = self.feeder.for_user(self.phase.name, self.user.index)
+            if self.user_rows is not None:
+                self.me.row = self.user_rows.for_user(self.phase.name, self.user.index)
                 if self.me.row is NO_ROW:
                     self.user.out_of_rows = True
                     return
@@ -155,7 +155,12 @@ class DrivenUser(Exchange):
         if runner.aborted or (self.position == 0 and self.user.stopping):
             self._finish()
             return
-        if self.rows and self.me.iteration != self.row_iteration and not self._next_row():
+        rows = self.iteration_rows
+        if (
+            rows is not None
+            and self.me.iteration != self.row_iteration
+            and not self._next_row(rows)
+        ):
             self._finish()
             return
         if self.only:
@@ -196,12 +201,11 @@ class DrivenUser(Exchange):
         finally:
             self.in_step = False
 
-    def _next_row(self) -> bool:
-        """An iteration starts: its feeder row; False if the feeder has none left (the
-        user ends, and is not started again)."""
+    def _next_row(self, rows: Feeder) -> bool:
+        """An iteration starts: its row; False if the feeder has none left (the user
+        ends, and is not started again)."""
         self.row_iteration = self.me.iteration
-        assert self.feeder is not None
-        self.me.row = self.feeder.next_row(self.me.rng)
+        self.me.row = rows.next_row(self.me.rng)
         if self.me.row is NO_ROW:
             self.user.out_of_rows = True
             return False

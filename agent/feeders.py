@@ -87,7 +87,7 @@ class Feeder:
         self._given: dict[tuple[str, int], Any] = {}
         self._cursor = 0
         self._warned = False
-        self._run = run if source.mode == "unique-per-user" else None
+        self._run = run if source.per_user else None
         self._handover = Blocks(source.name, phases)
         self._own: dict[str, BoolArray] = {
             name: np.asarray([first + u in self.by_index for u in range(n)], dtype=bool)

@@ -189,7 +189,7 @@ async def _user_loop(runner: Runner, state: PhaseState, mix: Mix | None, user: _
     me = _user_state(runner, kit, phase, user.index)
     rng = me.rng
     feeder = kit.feeder(phase.data) if phase.data is not None else None
-    per_user_row = feeder is not None and feeder.source.mode == "unique-per-user"
+    per_user_row = feeder is not None and feeder.source.per_user
     if feeder is not None and per_user_row:
         me.row = feeder.for_user(phase.name, user.index)
         if me.row is NO_ROW:

@@ -53,6 +53,11 @@ class DataSource:
     def unique(self) -> bool:
         return self.mode in UNIQUE_MODES
 
+    @property
+    def per_user(self) -> bool:
+        """Each user keeps one row (taken when it starts), not one per iteration."""
+        return self.mode == "unique-per-user"
+
 
 def parse_data(value: Any, path: Path = ("data",)) -> dict[str, DataSource]:
     if value is None:
