@@ -22,6 +22,16 @@ and body when a check or extraction reads them) is judged by the same function
 calls never wait): a `unique-per-user` row when the user starts, any other mode's
 next row when an iteration starts; a user whose feeder has no row left ends.
 
+A user that sends one static request again and again, with no think time, no data
+rows and nothing to judge in its reply (the commonest heavy load), goes one step
+further: its `Lane` (agent/_lane.c) lets its connection record each reply and write
+the next request in C, with no Python call at all, until the interval ends, the
+dead-man switch's time comes, the user stops or the run aborts (`Lane.enabled`,
+cleared by `_User.stop` and `Runner.abort`), another request waits for a
+connection, or a reply is not one the lane takes; that reply then comes back here
+(`replied`), as every reply did before. The recorder takes what the lane recorded
+when it cuts the interval (`Recorder.absorb`).
+
 Each user still has a task (the controller in `users.py` starts, stops and
 cancels tasks): it starts the chain and waits until the user is done. A
 cancelled task cancels the request in flight, which is recorded as cancelled,
@@ -33,10 +43,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from loadctl.agent.engine_fast import Exchange, FastClient
-from loadctl.agent.fast_conn import Prepared
+from loadctl.agent.fast_conn import LANE, Prepared
 from loadctl.agent.feeders import NO_ROW, Feeder
 from loadctl.agent.http import Reply, SendError, outcome_of_class
 from loadctl.agent.journey import Step, UserState, render
@@ -46,6 +56,7 @@ from loadctl.protocol.journey import is_python_flow
 from loadctl.protocol.scenario import Phase
 
 if TYPE_CHECKING:
+    from loadctl.agent._lane import Lane
     from loadctl.agent.runner import Runner
     from loadctl.agent.users import _User
 
@@ -133,8 +144,29 @@ class DrivenUser(Exchange):
         self.buffers: dict[str, SeriesBuffer] = {}
         self.cut = -1  # the recorder's interval `buffers` and `boundary` belong to
         self.boundary = 0.0
+        self.lane = user.lane = self._make_lane(feeder)
+
+    def _make_lane(self, feeder: Feeder | None) -> Lane | None:
+        """The user's compiled lane (agent/_lane.c), if it can have one: one static
+        request with nothing to judge in its reply, no think time and no data rows."""
+        name = self.only
+        if LANE is None or not name or feeder is not None or self.pause is not None:
+            return None
+        prepared = self.ready.get(name)
+        if prepared is None or self.judged or prepared.want_body or prepared.is_head:
+            return None
+        if prepared.big_body:  # written in two parts
+            return None
+        client = self.fast_client
+        lane = LANE.Lane(
+            self, prepared.wire, client.waiters, self.timeouts[name], self.phase.name, name
+        )
+        return cast("Lane", lane)  # LANE is a module found at run time: its names are Any
 
     async def run(self) -> None:
+        lane = self.lane
+        if lane is not None:
+            self.recorder.lanes.add(lane)
         try:
             if self.user_rows is not None:
                 self.me.row = self.user_rows.for_user(self.phase.name, self.user.index)
@@ -145,6 +177,9 @@ class DrivenUser(Exchange):
             await self.finished
         finally:
             self.halt()
+            if lane is not None:
+                self.recorder.lanes.discard(lane)
+                self.recorder.absorb(lane)
             if self.own_client:
                 await self.fast_client.close()
 
@@ -196,6 +231,14 @@ class DrivenUser(Exchange):
             if prepared is None:
                 prepared = self._build(name)
             self.fast_client.send_soon(prepared, self.timeouts[name], self)
+            lane = self.lane
+            if lane is not None and not self.ended and self.task is None:
+                # on a connection, replied to by its callback: the lane sends the
+                # next ones until the interval ends (or the dead-man switch's time)
+                lane.sent = now
+                lane.until = min(self.boundary, runner.send_until())
+                lane.enabled = True
+                self.conn.lane = lane
         except SendError as error:  # it could not be made (a header rendered invalid)
             self.failed(error)
         finally:
@@ -279,6 +322,11 @@ class DrivenUser(Exchange):
             self.timer = None
         if not self.waiting:
             return
+        lane = self.lane
+        if lane is not None:
+            lane.enabled = False
+            if not self.ended and self.task is None and self.conn.lane is lane:
+                self.conn.detach_lane()  # its `sent` is the request in flight's
         self.waiting = False
         self.cancel()
         self.sender.in_flight -= 1

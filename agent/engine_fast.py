@@ -188,6 +188,11 @@ class FastClient:
         self._closed = False
 
     @property
+    def waiters(self) -> collections.deque[tuple[Pool, asyncio.Future[Conn | None]]]:
+        """The requests waiting for a connection (a lane yields its own while any wait)."""
+        return self._waiters
+
+    @property
     def connections(self) -> int:
         """Open connections (idle or busy)."""
         return len(self.conns)

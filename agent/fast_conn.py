@@ -13,7 +13,10 @@ with `want_body` use a second parser whose callbacks (`Collector`) keep them.
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
+import types
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, Protocol, cast
 
 import httptools
@@ -27,10 +30,45 @@ from loadctl.agent.fast_wire import (
 from loadctl.agent.http import Endpoint, HttpRequest, Reply, RequestTimeout, SendError
 
 if TYPE_CHECKING:
+    from loadctl.agent._lane import Lane
     from loadctl.agent.engine_fast import Exchange, FastClient
 
 BIG_BODY: Final = 64 * 1024  # larger bodies are written as they are, and never cached
 _HEAD_MAX: Final = 1 << 20  # a reply head larger than this is an error
+
+
+def _load_lane() -> types.ModuleType | None:
+    if os.environ.get("LOADCTL_NO_KERNEL"):
+        return None
+    try:
+        from loadctl.agent import _lane
+    except ImportError:
+        return None
+    return _lane
+
+
+class _PyConnCore:
+    """`_lane.ConnCore` without the compiled lane: the same fields, no lane."""
+
+    __slots__ = ("deadline", "keep", "lane", "nbytes", "served", "writer")
+
+    nbytes: int
+    deadline: float
+    served: int
+    keep: bool
+    lane: Lane | None
+    writer: Callable[[bytes], object] | None
+
+    def detach_lane(self) -> None:
+        pass
+
+
+# The compiled lane (agent/_lane.c; None if it was not built, or LOADCTL_NO_KERNEL=1).
+LANE = _load_lane()
+if TYPE_CHECKING:
+    from loadctl.agent._lane import ConnCore as _ConnCore
+else:
+    _ConnCore = _PyConnCore if LANE is None else LANE.ConnCore
 
 
 class Waiter(Protocol):
@@ -138,13 +176,17 @@ class Collector:
         self.conn.on_message_complete()
 
 
-class Conn(asyncio.Protocol):
-    """One keep-alive connection; also the lean parser's callbacks (no header/body ones)."""
+class Conn(_ConnCore, asyncio.Protocol):
+    """One keep-alive connection; also the lean parser's callbacks (no header/body ones).
+
+    Its base holds the fields it shares with the compiled lane (`nbytes`, `deadline`,
+    `served`, `keep`, `lane`, `writer`), and with the lane built, `data_received`: a
+    request of a user's lane is framed, recorded and followed by the next one in C;
+    every other reply goes to `_data_received` here (see agent/_lane.c)."""
 
     __slots__ = (
         "closed",
         "collector",
-        "deadline",
         "exchange",
         "full",
         "fut",
@@ -152,13 +194,10 @@ class Conn(asyncio.Protocol):
         "headers_done",
         "idle",
         "is_head",
-        "keep",
         "lean",
-        "nbytes",
         "owner",
         "parser",
         "pool",
-        "served",
         "transport",
         "want",
     )
@@ -167,6 +206,8 @@ class Conn(asyncio.Protocol):
         self.owner = owner
         self.pool = pool
         self.transport: asyncio.Transport | None = None
+        self.writer = None
+        self.lane = None
         self.lean = httptools.HttpResponseParser(self)
         self.full: httptools.HttpResponseParser | None = None
         self.collector: Collector | None = None
@@ -188,9 +229,10 @@ class Conn(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self.writer = self.transport.write
         self.owner.conns.add(self)
 
-    def data_received(self, data: bytes) -> None:
+    def _data_received(self, data: bytes) -> None:
         if self.fut is None:  # bytes nobody asked for (say, a 408 before closing): drop it
             self.abort()
             return
@@ -214,7 +256,12 @@ class Conn(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(SendError(f"bad HTTP reply: {exc}"))
 
+    if LANE is None:
+        data_received = _data_received
+
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.lane is not None:
+            self.detach_lane()
         self.closed = True
         self.owner.conns.discard(self)
         if self.idle:
@@ -343,7 +390,21 @@ class Conn(asyncio.Protocol):
         if self.parser is stopped:
             self.parser = fresh
 
+    def _lane_complete(self, status: int) -> None:
+        """A reply of the lane that the lane does not follow with the next request
+        (see agent/_lane.c): complete it here, the way `on_message_complete` does."""
+        exchange = self.exchange
+        self.fut = None
+        self.exchange = None
+        self.deadline = 0.0
+        if exchange is None or exchange.ended:  # nobody waits: do not trust the connection
+            self.keep = False
+            return
+        exchange.reply_now(status, self.nbytes)
+
     def _fail(self, exc: SendError) -> None:
+        if self.lane is not None:
+            self.detach_lane()
         fut = self.fut
         self.fut = None
         self.exchange = None

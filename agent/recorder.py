@@ -14,14 +14,19 @@ schedule exactly while latencies land in the interval where they finished.
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, field
-from typing import Any
+from itertools import repeat
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from loadctl.protocol.histogram import Histogram
 from loadctl.protocol.histogram_table import to_table
 from loadctl.protocol.messages import Series
+
+if TYPE_CHECKING:
+    from loadctl.agent._lane import Lane
 
 _NS = 1e9
 
@@ -74,6 +79,7 @@ class SeriesBuffer:
 
 # Outcomes that got an HTTP status: their latency is a real response time.
 _TIMED = frozenset({"2xx", "3xx", "4xx", "5xx"})
+_LANE_OUTCOMES = ("2xx", "3xx", "4xx", "5xx")  # the order of Lane.take's counts
 
 
 def _histogram(seconds: list[float]) -> Histogram:
@@ -97,6 +103,8 @@ class Recorder:
         self._buffers: dict[tuple[str, str], SeriesBuffer] = {}
         self.index = 0  # the interval the buffers are accumulating
         self._early: dict[tuple[int, str, str], int] = {}
+        # users' compiled lanes (agent/_lane.c): what they recorded is taken at the cut
+        self.lanes: set[Lane] = set()
 
     def arrival(self, phase: str, name: str, interval: int) -> SeriesBuffer:
         """Count an arrival due in `interval`; returns the series' current buffer."""
@@ -115,9 +123,30 @@ class Recorder:
             buffer = self._buffers[key] = SeriesBuffer(phase, name)
         return buffer
 
+    def absorb(self, lane: Lane) -> None:
+        """Add what `lane` recorded since it was last taken to its series' buffer: in a
+        closed loop with no think time latency and service time are the same, and the
+        send lag is 0."""
+        arrivals, counts, nbytes, raw = lane.take()
+        if not arrivals and not raw:
+            return
+        buffer = self.series(lane.phase, lane.name)
+        buffer.arrivals += arrivals
+        for outcome, n in zip(_LANE_OUTCOMES, counts, strict=True):
+            if n:
+                buffer.count(outcome, n)
+        buffer.bytes_in += nbytes
+        seconds = array("d")
+        seconds.frombytes(raw)
+        buffer.latency.extend(seconds)
+        buffer.service.extend(seconds)
+        buffer.send_lag.extend(repeat(0.0, len(seconds)))
+
     def cut(self) -> tuple[tuple[Series, ...], list[Any]]:
         """The interval's series and the table of their histograms (three per
         series, in order; see histogram_table); the buffers start over."""
+        for lane in self.lanes:
+            self.absorb(lane)
         buffers, self._buffers = self._buffers, {}
         # Keep the keys alive for the next interval so hot-path lookups hit.
         for key in buffers:

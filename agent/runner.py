@@ -72,6 +72,9 @@ class Runner:
         # The session's dead-man check; the schedulers ask it before every request, so a
         # process that was frozen or starved cannot send a backlog once it runs again.
         self.may_send: Callable[[], bool] = lambda: True
+        # the same switch as a time: sending must stop then, unless heard from meanwhile
+        # (the users' compiled lanes send up to it without asking; see driven_users.py)
+        self.send_until: Callable[[], float] = lambda: math.inf
         self.abort_drain = 0.0
         self.changed = asyncio.Event()  # set on every plan update
         # perf_counter at run time zero
@@ -162,6 +165,8 @@ class Runner:
         Either way they are recorded, so the target's count and ours agree."""
         self.aborted = True
         self.abort_drain = drain
+        for lane in self.recorder.lanes:
+            lane.enabled = False
         for p in self.phases:
             if p.task:
                 p.task.cancel()  # a users phase then stops its users (see users.py)

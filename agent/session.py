@@ -330,6 +330,7 @@ class AgentSession:
         )
         self.runner = Runner(plan, self.clock, self._sink)
         self.runner.may_send = lambda: self.link.silence() <= self.deadman
+        self.runner.send_until = lambda: self.link.last_heard + self.deadman
         self.run_task = asyncio.get_running_loop().create_task(self._run_plan(self.runner))
 
     async def _announce_start(self, runner: Runner) -> None:

@@ -35,6 +35,7 @@ from loadctl.protocol.journey import is_python_flow
 from loadctl.protocol.scenario import Phase, ThinkTime
 
 if TYPE_CHECKING:
+    from loadctl.agent._lane import Lane
     from loadctl.agent.runner import PhaseState, Runner
 
 log = logging.getLogger("loadctl.agent")
@@ -100,6 +101,14 @@ class _User:
         self.stopping = False
         self.stop_deadline = float("inf")  # perf_counter after which it is cancelled
         self.out_of_rows = False  # its feeder ran dry: do not start it again
+        self.lane: Lane | None = None  # its compiled lane (driven_users.py), if it has one
+
+    def stop(self, grace: float) -> None:
+        """Finish the iteration (within `grace` seconds), then end."""
+        self.stopping = True
+        self.stop_deadline = time.perf_counter() + grace
+        if self.lane is not None:
+            self.lane.enabled = False  # the next request is then sent (or not) in Python
 
 
 async def run_user_phase(runner: Runner, state: PhaseState) -> None:
@@ -158,8 +167,7 @@ async def run_user_phase(runner: Runner, state: PhaseState) -> None:
                         finished.add(u)
                     continue
                 if u not in wanted and not user.stopping:
-                    user.stopping = True
-                    user.stop_deadline = time.perf_counter() + phase.grace
+                    user.stop(phase.grace)
                 if user.stopping and time.perf_counter() >= user.stop_deadline:
                     task.cancel()
             state.active_users = sum(

@@ -1,0 +1,561 @@
+/* The fast engine's compiled lane: a closed-loop user's requests with no Python
+ * frame between them.
+ *
+ * Why: with callback users (driven_users.py) a request still ran ~13 Python
+ * functions in the agent (the connection's data_received and parser callbacks,
+ * the pool, the user's record, the dead-man check, the next send), ~0.7 µs each
+ * on this project's VMs: 1.7x wrk's CPU per request, where a bare uvloop Protocol
+ * client with no measurement is 1.1-1.3x. Here the commonest heavy load, a user
+ * that sends one static request again and again with no think time and nothing
+ * to check in the reply, runs in C: the connection's `data_received` frames the
+ * reply, records it and writes the next request.
+ *
+ * What makes that safe is that the lane only ever takes the easy case and hands
+ * everything else back, unchanged, to the Python path that existed before it:
+ *
+ * - Replies: the lane accepts a reply only if its whole head came in one read
+ *   and is in a strict subset of HTTP/1.1 (`parse_head`): "HTTP/1.1 NNN reason",
+ *   status 200-599, well-formed header lines, one Content-Length (or none on a
+ *   204/304), no Transfer-Encoding, Upgrade or Proxy-Connection, and Connection
+ *   tokens it knows.
+ *   Anything else, valid or not, is "bail": the bytes go to the connection's
+ *   Python `_data_received` and llhttp judges them as it always did. So the lane
+ *   can only differ from llhttp on heads it accepts, and tests/test_lane_head.py
+ *   checks on thousands of generated and damaged heads that llhttp then agrees
+ *   (status, keep-alive, where the message ends).
+ * - Users: the lane sends the next request only while its `enabled` flag is set
+ *   (cleared when the user stops or the run aborts), before `until` (the end of
+ *   the recorder's interval, or the dead-man deadline if that is sooner), when
+ *   no other request waits for a connection (the pool's `waiters`), and if the
+ *   reply let the connection live. Otherwise the reply goes to the connection's
+ *   `_lane_complete`, which completes it the Python way: the user records it,
+ *   checks the stop, the interval and the dead-man switch, and sends on.
+ *
+ * What the lane records (arrivals, outcomes by class, bytes, one latency per
+ * reply: in a closed loop with no think time the intended start is the send, so
+ * latency and service time are equal and the send lag is 0) it keeps until the
+ * recorder takes it (`take`) when it cuts the interval. Replies it hands back are
+ * recorded by the user, into the same series.
+ *
+ * State it shares with Python lives in the connection's C fields (`nbytes`,
+ * `deadline`, `served`, `keep`, read and written by fast_conn.py as attributes)
+ * and in the lane's (`enabled`, `until`, `sent`). When Python takes a request
+ * back (`detach_lane`: a reply handed back, a failure, a timeout, a cancel) the
+ * lane's send time and the connection's deadline are copied to the user
+ * (`sent`, `deadline`), so the Python path continues exactly where the lane left.
+ * Times are CLOCK_MONOTONIC seconds: time.perf_counter's and the loop's clock.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <string.h>
+#include <time.h>
+
+#define BAIL (-1)
+
+static PyObject *str_data_received, *str_lane_complete, *str_sent, *str_deadline;
+
+static inline double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+/* ------------------------------------------------------------------------ */
+/* The head parser: a strict subset of HTTP/1.1 replies, everything else BAIL. */
+
+static inline int is_tchar(unsigned char c) {
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) return 1;
+    return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+/* A field value's byte: visible ASCII, SP, HTAB, or obs-text. */
+static inline int is_vchar(unsigned char c) { return c == '\t' || (c >= 0x20 && c != 0x7f); }
+
+static int same_name(const char *p, Py_ssize_t n, const char *lower) {
+    Py_ssize_t k = (Py_ssize_t)strlen(lower);
+    if (n != k) return 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)p[i];
+        if (c >= 'A' && c <= 'Z') c = (unsigned char)(c + 32);
+        if (c != (unsigned char)lower[i]) return 0;
+    }
+    return 1;
+}
+
+/* Connection's tokens: sets *close on "close"; BAIL on a token it does not know. */
+static int connection_tokens(const char *v, Py_ssize_t n, int *close) {
+    Py_ssize_t i = 0;
+    while (i <= n) {
+        Py_ssize_t start = i;
+        while (i < n && v[i] != ',') i++;
+        Py_ssize_t a = start, b = i;
+        while (a < b && (v[a] == ' ' || v[a] == '\t')) a++;
+        while (b > a && (v[b - 1] == ' ' || v[b - 1] == '\t')) b--;
+        if (b > a) {
+            if (same_name(v + a, b - a, "close"))
+                *close = 1;
+            else if (!same_name(v + a, b - a, "keep-alive"))
+                return BAIL;
+        }
+        i++;
+    }
+    return 0;
+}
+
+/* The head at the start of buf[0:n]: its length, with *status, *body (the body's
+ * length) and *keep (the connection may carry another request); or BAIL. */
+static Py_ssize_t parse_head(const char *buf, Py_ssize_t n, int *status, long long *body, int *keep) {
+    const unsigned char *b = (const unsigned char *)buf;
+    if (n < 16 || memcmp(b, "HTTP/1.1 ", 9) != 0) return BAIL;
+    for (int i = 9; i < 12; i++)
+        if (b[i] < '0' || b[i] > '9') return BAIL;
+    int code = (b[9] - '0') * 100 + (b[10] - '0') * 10 + (b[11] - '0');
+    if (code < 200 || code > 599 || b[12] != ' ') return BAIL;
+    Py_ssize_t i = 13;
+    while (i < n && b[i] != '\r') {
+        if (!is_vchar(b[i])) return BAIL;
+        i++;
+    }
+    if (i + 1 >= n || b[i + 1] != '\n') return BAIL;
+    i += 2;
+    long long length = -1;
+    int close = 0;
+    for (;;) {
+        if (i + 1 >= n) return BAIL;
+        if (b[i] == '\r') {  /* the empty line that ends the head */
+            if (b[i + 1] != '\n') return BAIL;
+            i += 2;
+            break;
+        }
+        Py_ssize_t name = i;
+        while (i < n && is_tchar(b[i])) i++;
+        if (i == name || i >= n || b[i] != ':') return BAIL;
+        Py_ssize_t name_len = i - name;
+        i++;
+        while (i < n && (b[i] == ' ' || b[i] == '\t')) i++;
+        Py_ssize_t value = i;
+        while (i < n && b[i] != '\r') {
+            if (!is_vchar(b[i])) return BAIL;
+            i++;
+        }
+        if (i + 1 >= n || b[i + 1] != '\n') return BAIL;
+        Py_ssize_t end = i;
+        while (end > value && (b[end - 1] == ' ' || b[end - 1] == '\t')) end--;
+        i += 2;
+        const char *v = buf + value;
+        Py_ssize_t v_len = end - value;
+        const char *nm = buf + name;
+        if (same_name(nm, name_len, "content-length")) {
+            if (length >= 0 || v_len < 1 || v_len > 18) return BAIL;
+            long long x = 0;
+            for (Py_ssize_t k = 0; k < v_len; k++) {
+                if (v[k] < '0' || v[k] > '9') return BAIL;
+                x = x * 10 + (v[k] - '0');
+            }
+            length = x;
+        } else if (same_name(nm, name_len, "connection")) {
+            if (connection_tokens(v, v_len, &close) == BAIL) return BAIL;
+        } else if (same_name(nm, name_len, "transfer-encoding") ||
+                   same_name(nm, name_len, "upgrade") ||
+                   same_name(nm, name_len, "proxy-connection")) { /* llhttp reads it too */
+            return BAIL;
+        }
+    }
+    if (code == 204 || code == 304) {
+        if (length >= 0) return BAIL;
+        length = 0;
+    } else if (length < 0) {
+        return BAIL;  /* a body that ends at EOF */
+    }
+    *status = code;
+    *body = length;
+    *keep = !close;
+    return i;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Lane: one user's loop and what it recorded since the last `take`. */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *driver;  /* the user (an Exchange): gets `sent` and `deadline` back */
+    PyObject *wire;    /* bytes of the request */
+    PyObject *waiters; /* the client's queue of requests waiting for a connection */
+    PyObject *phase, *name;
+    double timeout, until, sent;
+    char enabled;
+    long long arrivals, counts[4], bytes_in;
+    long long sends; /* requests it sent, in all: how much of the load it carried */
+    double *seconds;
+    Py_ssize_t n, cap;
+} Lane;
+
+static int lane_init(Lane *self, PyObject *args, PyObject *kwds) {
+    static char *kw[] = {"driver", "wire", "waiters", "timeout", "phase", "name", NULL};
+    PyObject *driver, *wire, *waiters, *phase, *name;
+    double timeout;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OSOdUU", kw, &driver, &wire, &waiters,
+                                     &timeout, &phase, &name))
+        return -1;
+    Py_INCREF(driver);
+    Py_INCREF(wire);
+    Py_INCREF(waiters);
+    Py_INCREF(phase);
+    Py_INCREF(name);
+    Py_XSETREF(self->driver, driver);
+    Py_XSETREF(self->wire, wire);
+    Py_XSETREF(self->waiters, waiters);
+    Py_XSETREF(self->phase, phase);
+    Py_XSETREF(self->name, name);
+    self->timeout = timeout;
+    self->until = 0.0;
+    self->enabled = 0;
+    return 0;
+}
+
+static int lane_traverse(Lane *self, visitproc visit, void *arg) {
+    Py_VISIT(self->driver);
+    Py_VISIT(self->waiters);
+    return 0;
+}
+
+static int lane_clear(Lane *self) {
+    Py_CLEAR(self->driver);
+    Py_CLEAR(self->waiters);
+    return 0;
+}
+
+static void lane_dealloc(Lane *self) {
+    PyObject_GC_UnTrack(self);
+    lane_clear(self);
+    Py_CLEAR(self->wire);
+    Py_CLEAR(self->phase);
+    Py_CLEAR(self->name);
+    PyMem_Free(self->seconds);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int lane_keep(Lane *self, double seconds) {
+    if (self->n == self->cap) {
+        Py_ssize_t cap = self->cap ? self->cap * 2 : 1024;
+        double *grown = PyMem_Realloc(self->seconds, (size_t)cap * sizeof(double));
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        self->seconds = grown;
+        self->cap = cap;
+    }
+    self->seconds[self->n++] = seconds;
+    return 0;
+}
+
+PyDoc_STRVAR(lane_take_doc,
+"take() -> (arrivals, (n2xx, n3xx, n4xx, n5xx), bytes_in, latencies)\n\n"
+"What the lane recorded since the last take (latencies: float64 seconds, native\n"
+"order, one per reply); the lane starts over.");
+
+static PyObject *lane_take(Lane *self, PyObject *unused) {
+    PyObject *raw = PyBytes_FromStringAndSize((const char *)self->seconds,
+                                              self->n * (Py_ssize_t)sizeof(double));
+    if (raw == NULL) return NULL;
+    PyObject *out = Py_BuildValue("L(LLLL)LN", self->arrivals, self->counts[0], self->counts[1],
+                                  self->counts[2], self->counts[3], self->bytes_in, raw);
+    if (out == NULL) return NULL;
+    self->arrivals = self->bytes_in = 0;
+    memset(self->counts, 0, sizeof self->counts);
+    self->n = 0;
+    if (self->cap > 65536) {  /* a burst does not keep its memory */
+        PyMem_Free(self->seconds);
+        self->seconds = NULL;
+        self->cap = 0;
+    }
+    return out;
+}
+
+static PyMethodDef lane_methods[] = {
+    {"take", (PyCFunction)lane_take, METH_NOARGS, lane_take_doc},
+    {NULL},
+};
+
+static PyMemberDef lane_members[] = {
+    {"enabled", T_BOOL, offsetof(Lane, enabled), 0, "whether it may send the next request"},
+    {"until", T_DOUBLE, offsetof(Lane, until), 0, "it sends nothing at or after this time"},
+    {"sent", T_DOUBLE, offsetof(Lane, sent), 0, "when the request in flight was sent"},
+    {"timeout", T_DOUBLE, offsetof(Lane, timeout), READONLY, "the request's timeout"},
+    {"sends", T_LONGLONG, offsetof(Lane, sends), READONLY, "requests it sent, in all"},
+    {"phase", T_OBJECT, offsetof(Lane, phase), READONLY, "the series' phase"},
+    {"name", T_OBJECT, offsetof(Lane, name), READONLY, "the series' request name"},
+    {NULL},
+};
+
+static PyTypeObject LaneType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "loadctl.agent._lane.Lane",
+    .tp_doc = PyDoc_STR("Lane(driver, wire, waiters, timeout, phase, name): a user's "
+                        "closed loop of one static request, run by its connection."),
+    .tp_basicsize = sizeof(Lane),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)lane_init,
+    .tp_dealloc = (destructor)lane_dealloc,
+    .tp_traverse = (traverseproc)lane_traverse,
+    .tp_clear = (inquiry)lane_clear,
+    .tp_methods = lane_methods,
+    .tp_members = lane_members,
+};
+
+/* ------------------------------------------------------------------------ */
+/* ConnCore: the fields of a connection the lane shares with fast_conn.Conn. */
+
+typedef struct {
+    PyObject_HEAD
+    Py_ssize_t nbytes;
+    double deadline;
+    Py_ssize_t served;
+    char keep;
+    char in_body;    /* the lane's reply: its head is in, `need` body bytes are due */
+    char reply_keep; /* what the lane's reply said of the connection */
+    int status;
+    long long need;
+    Lane *lane;      /* the lane whose request is in flight here, or NULL */
+    PyObject *writer; /* the transport's write */
+} ConnCore;
+
+static int core_traverse(ConnCore *self, visitproc visit, void *arg) {
+    Py_VISIT(self->lane);
+    Py_VISIT(self->writer);
+    return 0;
+}
+
+static int core_clear(ConnCore *self) {
+    Py_CLEAR(self->lane);
+    Py_CLEAR(self->writer);
+    return 0;
+}
+
+static void core_dealloc(ConnCore *self) {
+    PyObject_GC_UnTrack(self);
+    core_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Python takes the request back: the user gets the lane's send time and deadline. */
+static int detach(ConnCore *self) {
+    Lane *lane = self->lane;
+    if (lane == NULL) return 0;
+    self->lane = NULL;
+    self->in_body = 0;
+    int rc = -1;
+    PyObject *sent = PyFloat_FromDouble(lane->sent);
+    PyObject *deadline = PyFloat_FromDouble(self->deadline);
+    if (sent != NULL && deadline != NULL && lane->driver != NULL &&
+        PyObject_SetAttr(lane->driver, str_sent, sent) == 0 &&
+        PyObject_SetAttr(lane->driver, str_deadline, deadline) == 0)
+        rc = 0;
+    Py_XDECREF(sent);
+    Py_XDECREF(deadline);
+    Py_DECREF(lane);
+    return rc;
+}
+
+static PyObject *core_detach_lane(ConnCore *self, PyObject *unused) {
+    if (detach(self) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* The lane's reply is complete: record it and send the next request, or hand it
+ * back to Python. */
+static PyObject *complete(ConnCore *self, int keep) {
+    Lane *lane = self->lane;
+    double end = now();
+    self->served++;
+    int status = self->status;
+    Py_ssize_t waiting = 0;
+    if (keep && lane->enabled && end < lane->until) {
+        waiting = PyObject_Length(lane->waiters);
+        if (waiting < 0) return NULL;
+    }
+    if (keep && lane->enabled && end < lane->until && waiting == 0 && self->writer != NULL) {
+        if (lane_keep(lane, end - lane->sent) < 0) return NULL;
+        lane->counts[status / 100 - 2]++;
+        lane->bytes_in += self->nbytes;
+        lane->arrivals++;
+        lane->sends++;
+        lane->sent = end;
+        self->deadline = end + lane->timeout;
+        self->nbytes = 0;
+        PyObject *r = PyObject_CallOneArg(self->writer, lane->wire);
+        if (r == NULL) return NULL;
+        Py_DECREF(r);
+        Py_RETURN_NONE;
+    }
+    self->keep = (char)keep;
+    if (detach(self) < 0) return NULL;
+    PyObject *code = PyLong_FromLong(status);
+    if (code == NULL) return NULL;
+    PyObject *r = PyObject_CallMethodOneArg((PyObject *)self, str_lane_complete, code);
+    Py_DECREF(code);
+    return r;
+}
+
+static PyObject *core_data_received(ConnCore *self, PyObject *data) {
+    if (self->lane == NULL)
+        return PyObject_CallMethodOneArg((PyObject *)self, str_data_received, data);
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) return NULL;
+    const char *b = view.buf;
+    Py_ssize_t n = view.len;
+    if (!self->in_body) {
+        int status, keep;
+        long long body;
+        Py_ssize_t head = parse_head(b, n, &status, &body, &keep);
+        PyBuffer_Release(&view);
+        if (head == BAIL) {
+            /* a head the lane leaves to llhttp: the Python path takes the request
+             * back and counts the reply's bytes from the start */
+            if (detach(self) < 0) return NULL;
+            self->nbytes = 0;
+            return PyObject_CallMethodOneArg((PyObject *)self, str_data_received, data);
+        }
+        self->status = status;
+        self->reply_keep = (char)keep;
+        self->nbytes = n;
+        long long rest = (long long)(n - head);
+        if (rest < body) {
+            self->need = body - rest;
+            self->in_body = 1;
+            Py_RETURN_NONE;
+        }
+        /* bytes past the reply were never asked for: do not trust the connection */
+        return complete(self, rest == body && keep);
+    }
+    PyBuffer_Release(&view);
+    self->nbytes += n;
+    if ((long long)n < self->need) {
+        self->need -= n;
+        Py_RETURN_NONE;
+    }
+    self->in_body = 0;
+    return complete(self, (long long)n == self->need && self->reply_keep);
+}
+
+static PyObject *core_get_lane(ConnCore *self, void *closure) {
+    if (self->lane == NULL) Py_RETURN_NONE;
+    Py_INCREF(self->lane);
+    return (PyObject *)self->lane;
+}
+
+static int core_set_lane(ConnCore *self, PyObject *value, void *closure) {
+    if (value == NULL || value == Py_None) {
+        Py_CLEAR(self->lane);
+        self->in_body = 0;
+        return 0;
+    }
+    if (!PyObject_TypeCheck(value, &LaneType)) {
+        PyErr_SetString(PyExc_TypeError, "lane must be a Lane or None");
+        return -1;
+    }
+    Py_INCREF(value);
+    Py_XSETREF(self->lane, (Lane *)value);
+    self->in_body = 0;
+    return 0;
+}
+
+static PyObject *core_get_writer(ConnCore *self, void *closure) {
+    if (self->writer == NULL) Py_RETURN_NONE;
+    Py_INCREF(self->writer);
+    return self->writer;
+}
+
+static int core_set_writer(ConnCore *self, PyObject *value, void *closure) {
+    if (value == Py_None) value = NULL;
+    Py_XINCREF(value);
+    Py_XSETREF(self->writer, value);
+    return 0;
+}
+
+static PyMethodDef core_methods[] = {
+    {"data_received", (PyCFunction)core_data_received, METH_O,
+     "The transport's bytes: the lane's reply, or `_data_received` (Python)."},
+    {"detach_lane", (PyCFunction)core_detach_lane, METH_NOARGS,
+     "Python takes the request in flight back from the lane (if it has one)."},
+    {NULL},
+};
+
+static PyMemberDef core_members[] = {
+    {"nbytes", T_PYSSIZET, offsetof(ConnCore, nbytes), 0, "bytes of the reply so far"},
+    {"deadline", T_DOUBLE, offsetof(ConnCore, deadline), 0,
+     "when the reply in flight is due; 0.0: none in flight"},
+    {"served", T_PYSSIZET, offsetof(ConnCore, served), 0, "replies completed"},
+    {"keep", T_BOOL, offsetof(ConnCore, keep), 0, "whether it may carry another request"},
+    {NULL},
+};
+
+static PyGetSetDef core_getset[] = {
+    {"lane", (getter)core_get_lane, (setter)core_set_lane,
+     "the lane whose request is in flight here, or None", NULL},
+    {"writer", (getter)core_get_writer, (setter)core_set_writer, "the transport's write", NULL},
+    {NULL},
+};
+
+static PyTypeObject ConnCoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "loadctl.agent._lane.ConnCore",
+    .tp_doc = PyDoc_STR("The base of fast_conn.Conn: the fields the lane shares with it."),
+    .tp_basicsize = sizeof(ConnCore),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)core_dealloc,
+    .tp_traverse = (traverseproc)core_traverse,
+    .tp_clear = (inquiry)core_clear,
+    .tp_methods = core_methods,
+    .tp_members = core_members,
+    .tp_getset = core_getset,
+};
+
+/* ------------------------------------------------------------------------ */
+
+static PyObject *py_parse_head(PyObject *module, PyObject *data) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) return NULL;
+    int status = 0, keep = 0;
+    long long body = 0;
+    Py_ssize_t head = parse_head(view.buf, view.len, &status, &body, &keep);
+    PyBuffer_Release(&view);
+    if (head == BAIL) Py_RETURN_NONE;
+    return Py_BuildValue("niLO", head, status, body, keep ? Py_True : Py_False);
+}
+
+static PyMethodDef module_methods[] = {
+    {"parse_head", py_parse_head, METH_O,
+     "parse_head(data) -> (head_length, status, body_length, keep_alive), or None if the "
+     "lane leaves the reply to llhttp."},
+    {NULL},
+};
+
+static struct PyModuleDef lane_module = {
+    PyModuleDef_HEAD_INIT, "loadctl.agent._lane",
+    "The fast engine's compiled lane (see the comment at the top of _lane.c).", -1,
+    module_methods,
+};
+
+PyMODINIT_FUNC PyInit__lane(void) {
+    if (PyType_Ready(&LaneType) < 0 || PyType_Ready(&ConnCoreType) < 0) return NULL;
+    str_data_received = PyUnicode_InternFromString("_data_received");
+    str_lane_complete = PyUnicode_InternFromString("_lane_complete");
+    str_sent = PyUnicode_InternFromString("sent");
+    str_deadline = PyUnicode_InternFromString("deadline");
+    if (!str_data_received || !str_lane_complete || !str_sent || !str_deadline) return NULL;
+    PyObject *m = PyModule_Create(&lane_module);
+    if (m == NULL) return NULL;
+    Py_INCREF(&LaneType);
+    Py_INCREF(&ConnCoreType);
+    if (PyModule_AddObject(m, "Lane", (PyObject *)&LaneType) < 0 ||
+        PyModule_AddObject(m, "ConnCore", (PyObject *)&ConnCoreType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

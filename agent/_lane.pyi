@@ -1,0 +1,31 @@
+# The fast engine's compiled lane (agent/_lane.c).
+from collections.abc import Callable, Sized
+
+class Lane:
+    enabled: bool
+    until: float
+    sent: float
+    @property
+    def timeout(self) -> float: ...
+    @property
+    def sends(self) -> int: ...
+    @property
+    def phase(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    def __init__(
+        self, driver: object, wire: bytes, waiters: Sized, timeout: float, phase: str, name: str
+    ) -> None: ...
+    def take(self) -> tuple[int, tuple[int, int, int, int], int, bytes]: ...
+
+class ConnCore:
+    nbytes: int
+    deadline: float
+    served: int
+    keep: bool
+    lane: Lane | None
+    writer: Callable[[bytes], object] | None
+    def data_received(self, data: bytes) -> None: ...
+    def detach_lane(self) -> None: ...
+
+def parse_head(data: bytes) -> tuple[int, int, int, bool] | None: ...

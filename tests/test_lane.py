@@ -1,0 +1,317 @@
+"""The fast engine's compiled lane (agent/_lane.c) in the agent's real Runner.
+
+A users phase of one static request with no think time and nothing to check runs
+on the lane: the connection frames each reply, records it and writes the next
+request in C. These tests run such phases against a scripted HTTP server (real
+sockets, in a thread) whose replies take the lane, leave it (chunked, split
+heads, Connection: close, bytes past the reply) or break it (a stall, a dropped
+connection), and check what the lane must keep: every request the server saw is
+recorded once, with its outcome; each interval's latency histogram holds one
+value per reply; the lane really carried the load when it could and stayed out
+when it could not; and a stop, an abort or the dead-man switch stops it at once,
+not at the end of the interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+import uvloop
+from table_kernel_required import lane_or_skip
+
+from loadctl.agent._lane import Lane
+from loadctl.agent.runner import Runner
+from loadctl.protocol.clock import ClockEstimate
+from loadctl.protocol.messages import Plan, Series, Share
+from loadctl.protocol.scenario import Scenario
+
+pytestmark = pytest.mark.slow
+
+BODY = b"hello"
+PLAIN = b"HTTP/1.1 200 OK\r\nServer: test\r\nContent-Length: 5\r\n\r\n" + BODY
+
+
+@dataclass
+class Script:
+    """How the server answers a path: the parts of the reply, written with a pause
+    between them; whether it then closes; or, from the connection's `drop_at`-th
+    request on, no reply (`stall`) or the connection closed (not `stall`)."""
+
+    parts: tuple[bytes, ...]
+    close: bool = False
+    drop_at: int = 0
+    stall: bool = False
+
+
+SCRIPTS = {
+    "/plain": Script((PLAIN,)),
+    "/busy": Script((b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy",)),
+    "/body-later": Script((PLAIN[:-3], PLAIN[-3:])),
+    "/head-split": Script((PLAIN[:20], PLAIN[20:])),
+    "/chunked": Script(
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",)
+    ),
+    "/close": Script(
+        (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 5\r\n\r\n" + BODY,), close=True
+    ),
+    "/extra": Script((PLAIN + b"XX",)),
+    "/stall-third": Script((PLAIN,), drop_at=3, stall=True),
+    "/drop-third": Script((PLAIN,), drop_at=3),
+}
+
+
+@dataclass
+class Server:
+    port: int
+    seen: list[float] = field(default_factory=list)  # perf_counter of each request
+    unanswered: Counter[str] = field(default_factory=Counter)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    lane_or_skip()
+    loop = asyncio.new_event_loop()
+    found = Server(0)
+    ready = threading.Event()
+    stop = asyncio.Event()
+
+    async def conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        served = 0
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                found.seen.append(time.perf_counter())
+                path = head.split(b" ", 2)[1].decode()
+                script = SCRIPTS[path]
+                served += 1
+                if script.drop_at and served >= script.drop_at:
+                    found.unanswered[path] += 1
+                    if script.stall:
+                        await reader.read()  # until the client gives up
+                    return
+                for i, part in enumerate(script.parts):
+                    if i:
+                        await asyncio.sleep(0.002)  # a read of its own
+                    writer.write(part)
+                    await writer.drain()
+                if script.close:
+                    return
+        finally:
+            writer.close()
+
+    async def serve() -> None:
+        listener = await asyncio.start_server(conn, "127.0.0.1", 0)
+        found.port = listener.sockets[0].getsockname()[1]
+        ready.set()
+        await stop.wait()
+        listener.close()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    assert ready.wait(10), "the scripted server did not start"
+    yield found
+    loop.call_soon_threadsafe(stop.set)
+    thread.join(10)
+
+
+@dataclass
+class Run:
+    arrivals: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    latencies: int = 0  # values in the latency histograms
+    timed: int = 0  # replies with a status (what the latency histograms must hold)
+    lanes: set[Lane] = field(default_factory=set)
+    in_flight: int = -1
+    t0: float = 0.0  # the run's time zero (perf_counter)
+    aborted_at: float = 0.0
+    seen: list[float] = field(default_factory=list)  # the server's requests, this run
+
+    @property
+    def completed(self) -> int:
+        return sum(self.outcomes.values())
+
+    @property
+    def lane_sends(self) -> int:
+        return sum(lane.sends for lane in self.lanes)
+
+
+def run(
+    server: Server,
+    path: str,
+    *,
+    users: int = 4,
+    duration: float = 1.0,
+    interval: float = 0.5,
+    timeout: float = 5.0,
+    abort_after: float | None = None,
+    drain: float = 0.0,
+    dead_at: float | None = None,
+) -> Run:
+    """A constant-users phase of GET `path` on the fast engine, run by the agent's
+    Runner in this process. `abort_after`: the runner aborts then, letting requests
+    in flight finish for `drain` seconds;
+    `dead_at`: the dead-man switch trips then (seconds from time zero)."""
+    scenario = Scenario.from_dict(
+        {
+            "name": "lane",
+            "target": f"http://127.0.0.1:{server.port}",
+            "defaults": {
+                "engine": "fast",
+                "connections": users,
+                "timeout": timeout,
+                "interval": interval,
+            },
+            "requests": [{"name": "r", "path": path}],
+            "phases": [
+                {"name": "p", "executor": "constant-users", "users": users,
+                 "duration": duration, "grace": 1.0}
+            ],
+        }
+    )  # fmt: skip
+    out = Run()
+    before = len(server.seen)
+
+    async def sink(
+        index: int, start: float, end: float, series: tuple[Series, ...], table: list[Any]
+    ) -> None:
+        counts = np.frombuffer(table[2], dtype="<i8").reshape(-1, 4)[:, 0]
+        for i, s in enumerate(series):
+            out.arrivals += s.arrivals
+            out.outcomes.update(s.outcomes)
+            out.timed += sum(n for o, n in s.outcomes.items() if o.endswith("xx"))
+            out.latencies += int(counts[3 * i])  # latency, service, send lag per series
+
+    async def main() -> None:
+        plan = Plan("lane", scenario.wire(), Share(0.0, (1,), 0), time.time(), interval)
+        runner = Runner(plan, ClockEstimate(0.0, 0.0, 1), sink)
+        out.t0 = runner.t0
+        if dead_at is not None:
+            dead = runner.t0 + dead_at
+            runner.may_send = lambda: time.perf_counter() <= dead
+            runner.send_until = lambda: dead
+
+        async def watch() -> None:
+            while not out.lanes:
+                out.lanes |= runner.recorder.lanes
+                await asyncio.sleep(0.01)
+            if abort_after is not None:
+                await asyncio.sleep(max(0.0, runner.t0 + abort_after - time.perf_counter()))
+                out.aborted_at = time.perf_counter()
+                runner.abort(drain)
+
+        watcher = asyncio.ensure_future(watch())
+        await asyncio.wait_for(runner.run(), 30)
+        out.in_flight = runner.sender.in_flight
+        watcher.cancel()
+
+    uvloop.run(main())
+    time.sleep(0.05)  # the server's last requests
+    out.seen = server.seen[before:]
+    return out
+
+
+def assert_recorded_once(out: Run) -> None:
+    """Every request sent was recorded once, and every reply has one latency."""
+    assert out.arrivals == out.completed, (out.arrivals, out.outcomes)
+    assert out.in_flight == 0
+    assert out.latencies == out.timed, (out.latencies, out.outcomes)
+
+
+def test_the_lane_carries_a_plain_closed_loop_and_counts_it_exactly(server: Server) -> None:
+    out = run(server, "/plain")
+    assert_recorded_once(out)
+    assert out.outcomes == {"2xx": len(out.seen)} and len(out.seen) > 200
+    assert len(out.lanes) == 4
+    # the lane sends all but the first request of each interval and user
+    assert out.lane_sends >= 0.9 * len(out.seen), (out.lane_sends, len(out.seen))
+
+
+def test_error_statuses_are_counted_by_class(server: Server) -> None:
+    out = run(server, "/busy")
+    assert_recorded_once(out)
+    assert out.outcomes == {"5xx": len(out.seen)} and len(out.seen) > 200
+    assert out.lane_sends >= 0.9 * len(out.seen)
+
+
+def test_a_body_in_a_later_read_is_waited_for(server: Server) -> None:
+    out = run(server, "/body-later")
+    assert_recorded_once(out)
+    assert out.outcomes == {"2xx": len(out.seen)} and len(out.seen) > 50
+    assert out.lane_sends >= 0.9 * len(out.seen)
+
+
+@pytest.mark.parametrize("path", ["/chunked", "/close", "/extra"])
+def test_replies_the_lane_does_not_take_go_the_python_way(server: Server, path: str) -> None:
+    """Chunked bodies (llhttp frames them), and replies after which the connection
+    must not carry another request: the lane sends none of their successors."""
+    out = run(server, path)
+    assert_recorded_once(out)
+    assert out.outcomes == {"2xx": len(out.seen)} and len(out.seen) > 50
+    assert out.lane_sends == 0
+
+
+def test_a_head_split_over_two_reads_goes_to_llhttp(server: Server) -> None:
+    out = run(server, "/head-split")
+    assert_recorded_once(out)
+    assert out.outcomes == {"2xx": len(out.seen)} and len(out.seen) > 50
+
+
+def test_a_stall_times_out_and_the_user_goes_on(server: Server) -> None:
+    """The third request of each connection gets no reply: the client's sweep fails
+    it (the lane sent it) and the user goes on, on a new connection."""
+    out = run(server, "/stall-third", users=2, timeout=0.2, duration=1.2)
+    assert_recorded_once(out)
+    stalls = out.outcomes["timeout"]
+    assert stalls >= 4 and out.outcomes == {"2xx": 2 * stalls, "timeout": stalls}
+    assert len(out.seen) == 3 * stalls
+
+
+def test_a_dropped_connection_is_resent_once(server: Server) -> None:
+    """The server closes the connection at its third request, which the lane sent:
+    an idempotent request on a kept-alive connection is resent on a new one."""
+    out = run(server, "/drop-third", users=2)
+    assert_recorded_once(out)
+    drops = len(out.seen) // 3
+    assert drops >= 10 and out.outcomes == {"2xx": len(out.seen) - drops}
+
+
+def test_users_stop_when_the_phase_ends_not_at_the_interval_end(server: Server) -> None:
+    """The phase ends at 0.5 s, its interval at 1 s: the users' lanes stop with them."""
+    out = run(server, "/plain", duration=0.5, interval=1.0)
+    assert_recorded_once(out)
+    assert out.outcomes == {"2xx": len(out.seen)}
+    last = max(out.seen) - out.t0
+    assert 0.45 < last < 0.8, last
+
+
+@pytest.mark.parametrize("drain", [0.0, 2.0])
+def test_an_abort_stops_the_lanes_at_once(server: Server, drain: float) -> None:
+    """Without a drain the users are cancelled; with one they finish their request
+    and end: either way no request is sent after the abort."""
+    out = run(server, "/plain", duration=3.0, interval=2.0, abort_after=0.6, drain=drain)
+    assert_recorded_once(out)
+    assert set(out.outcomes) <= {"2xx", "cancelled"}
+    assert out.outcomes["2xx"] == len(out.seen) - out.outcomes["cancelled"]
+    late = [t - out.aborted_at for t in out.seen if t > out.aborted_at + 0.02]
+    assert not late, late
+
+
+def test_the_dead_man_switch_stops_the_lanes_at_its_time(server: Server) -> None:
+    """Nothing heard from the coordinator: sending stops at the switch's time, which
+    the lanes are given, though their interval runs on to 2 s."""
+    out = run(server, "/plain", duration=3.0, interval=2.0, dead_at=0.5)
+    assert_recorded_once(out)
+    last = max(out.seen) - out.t0
+    assert 0.4 < last < 0.5 + 0.02, last
+    assert out.outcomes["2xx"] == len(out.seen) - out.outcomes["cancelled"]
