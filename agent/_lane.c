@@ -8,7 +8,9 @@
  * client with no measurement is 1.1-1.3x. Here the commonest heavy load, a user
  * that sends one static request again and again with no think time and nothing
  * to check in the reply, runs in C: the connection's `data_received` frames the
- * reply, records it and writes the next request.
+ * reply, records it and writes the next request. "Static request" is a cycle of
+ * them, in fact: the steps of a sequence, or one period of a mix's picks, each
+ * with its own series and timeout, all to one server (one connection carries them).
  *
  * What makes that safe is that the lane only ever takes the easy case and hands
  * everything else back, unchanged, to the Python path that existed before it:
@@ -31,18 +33,19 @@
  *   `_lane_complete`, which completes it the Python way: the user records it,
  *   checks the stop, the interval and the dead-man switch, and sends on.
  *
- * What the lane records (arrivals, outcomes by class, bytes, one latency per
- * reply: in a closed loop with no think time the intended start is the send, so
+ * What the lane records per series (arrivals, outcomes by class, bytes, one latency
+ * per reply: in a closed loop with no think time the intended start is the send, so
  * latency and service time are equal and the send lag is 0) it keeps until the
  * recorder takes it (`take`) when it cuts the interval. Replies it hands back are
  * recorded by the user, into the same series.
  *
  * State it shares with Python lives in the connection's C fields (`nbytes`,
  * `deadline`, `served`, `keep`, read and written by fast_conn.py as attributes)
- * and in the lane's (`enabled`, `until`, `sent`). When Python takes a request
- * back (`detach_lane`: a reply handed back, a failure, a timeout, a cancel) the
- * lane's send time and the connection's deadline are copied to the user
- * (`sent`, `deadline`), so the Python path continues exactly where the lane left.
+ * and in the lane's (`enabled`, `until`, `sent`, `pos`). When Python takes a
+ * request back (`detach_lane`: a reply handed back, a failure, a timeout, a
+ * cancel) the user is told when it was sent, its deadline and how many requests
+ * the lane moved on by (`lane_detached`), so the Python path continues exactly
+ * where the lane left.
  * Times are CLOCK_MONOTONIC seconds: time.perf_counter's and the loop's clock.
  */
 #define PY_SSIZE_T_CLEAN
@@ -53,7 +56,7 @@
 
 #define BAIL (-1)
 
-static PyObject *str_data_received, *str_lane_complete, *str_sent, *str_deadline;
+static PyObject *str_data_received, *str_lane_complete;
 
 static inline double now(void) {
     struct timespec t;
@@ -175,43 +178,120 @@ static Py_ssize_t parse_head(const char *buf, Py_ssize_t n, int *status, long lo
 }
 
 /* ------------------------------------------------------------------------ */
-/* Lane: one user's loop and what it recorded since the last `take`. */
+/* Lane: one user's loop over a cycle of requests, and what it recorded since the
+ * last `take`, per series (request name). */
+
+typedef struct {
+    long long arrivals, counts[4], bytes_in;
+    double *seconds; /* one latency per reply */
+    Py_ssize_t n, cap;
+} Record;
 
 typedef struct {
     PyObject_HEAD
-    PyObject *driver;  /* the user (an Exchange): gets `sent` and `deadline` back */
-    PyObject *wire;    /* bytes of the request */
+    PyObject *driver;  /* the user (an Exchange): told when Python takes a request back */
     PyObject *waiters; /* the client's queue of requests waiting for a connection */
-    PyObject *phase, *name;
-    double timeout, until, sent;
+    PyObject *phase;
+    PyObject *names;   /* tuple of the series' names */
+    PyObject *wires;   /* tuple of the cycle's requests (bytes) */
+    Py_ssize_t length; /* of the cycle */
+    Py_ssize_t *series; /* the cycle's requests' series */
+    double *timeouts;   /* and their timeouts */
+    Record *records;    /* per series */
+    Py_ssize_t pos;      /* the cycle's request in flight */
+    Py_ssize_t advanced; /* requests the lane moved on by since Python last took over */
+    double until, sent;
     char enabled;
-    long long arrivals, counts[4], bytes_in;
     long long sends; /* requests it sent, in all: how much of the load it carried */
-    double *seconds;
-    Py_ssize_t n, cap;
 } Lane;
 
+static void lane_free_arrays(Lane *self) {
+    if (self->records != NULL) {
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(self->names); i++)
+            PyMem_Free(self->records[i].seconds);
+    }
+    PyMem_Free(self->records);
+    PyMem_Free(self->series);
+    PyMem_Free(self->timeouts);
+    self->records = NULL;
+    self->series = NULL;
+    self->timeouts = NULL;
+}
+
+/* Lane(driver, cycle, waiters, phase): cycle is a sequence of (wire, timeout, name). */
 static int lane_init(Lane *self, PyObject *args, PyObject *kwds) {
-    static char *kw[] = {"driver", "wire", "waiters", "timeout", "phase", "name", NULL};
-    PyObject *driver, *wire, *waiters, *phase, *name;
-    double timeout;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OSOdUU", kw, &driver, &wire, &waiters,
-                                     &timeout, &phase, &name))
+    static char *kw[] = {"driver", "cycle", "waiters", "phase", NULL};
+    PyObject *driver, *cycle, *waiters, *phase;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOU", kw, &driver, &cycle, &waiters, &phase))
         return -1;
+    if (self->wires != NULL) {
+        PyErr_SetString(PyExc_TypeError, "a Lane is initialised once");
+        return -1;
+    }
+    PyObject *items = PySequence_Tuple(cycle);
+    if (items == NULL) return -1;
+    Py_ssize_t n = PyTuple_GET_SIZE(items);
+    PyObject *wires = PyTuple_New(n);
+    PyObject *names = PyList_New(0);
+    self->series = PyMem_Calloc(n ? (size_t)n : 1, sizeof(Py_ssize_t));
+    self->timeouts = PyMem_Calloc(n ? (size_t)n : 1, sizeof(double));
+    if (wires == NULL || names == NULL || self->series == NULL || self->timeouts == NULL) {
+        if (wires != NULL && names != NULL) PyErr_NoMemory();
+        goto fail;
+    }
+    if (n == 0) {
+        PyErr_SetString(PyExc_ValueError, "a lane's cycle has at least one request");
+        goto fail;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *wire, *name;
+        double timeout;
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(items, i), "SdU", &wire, &timeout, &name))
+            goto fail;
+        Py_INCREF(wire);
+        PyTuple_SET_ITEM(wires, i, wire);
+        self->timeouts[i] = timeout;
+        Py_ssize_t at = PySequence_Index(names, name);
+        if (at < 0) {
+            PyErr_Clear();
+            at = PyList_GET_SIZE(names);
+            if (PyList_Append(names, name) < 0) goto fail;
+        }
+        self->series[i] = at;
+    }
+    self->names = PyList_AsTuple(names);
+    if (self->names == NULL) goto fail;
+    self->records = PyMem_Calloc((size_t)PyTuple_GET_SIZE(self->names), sizeof(Record));
+    if (self->records == NULL) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    Py_DECREF(items);
+    Py_DECREF(names);
+    self->wires = wires;
+    self->length = n;
     Py_INCREF(driver);
-    Py_INCREF(wire);
     Py_INCREF(waiters);
     Py_INCREF(phase);
-    Py_INCREF(name);
-    Py_XSETREF(self->driver, driver);
-    Py_XSETREF(self->wire, wire);
-    Py_XSETREF(self->waiters, waiters);
-    Py_XSETREF(self->phase, phase);
-    Py_XSETREF(self->name, name);
-    self->timeout = timeout;
-    self->until = 0.0;
-    self->enabled = 0;
+    self->driver = driver;
+    self->waiters = waiters;
+    self->phase = phase;
     return 0;
+
+fail:
+    Py_DECREF(items);
+    Py_XDECREF(wires);
+    Py_XDECREF(names);
+    if (self->names != NULL) {
+        lane_free_arrays(self);
+        Py_CLEAR(self->names);
+    } else {
+        PyMem_Free(self->series);
+        PyMem_Free(self->timeouts);
+        self->series = NULL;
+        self->timeouts = NULL;
+    }
+    return -1;
 }
 
 static int lane_traverse(Lane *self, visitproc visit, void *arg) {
@@ -229,49 +309,89 @@ static int lane_clear(Lane *self) {
 static void lane_dealloc(Lane *self) {
     PyObject_GC_UnTrack(self);
     lane_clear(self);
-    Py_CLEAR(self->wire);
+    if (self->names != NULL) lane_free_arrays(self);
+    Py_CLEAR(self->names);
+    Py_CLEAR(self->wires);
     Py_CLEAR(self->phase);
-    Py_CLEAR(self->name);
-    PyMem_Free(self->seconds);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static int lane_keep(Lane *self, double seconds) {
-    if (self->n == self->cap) {
-        Py_ssize_t cap = self->cap ? self->cap * 2 : 1024;
-        double *grown = PyMem_Realloc(self->seconds, (size_t)cap * sizeof(double));
+static int record_keep(Record *r, double seconds) {
+    if (r->n == r->cap) {
+        Py_ssize_t cap = r->cap ? r->cap * 2 : 1024;
+        double *grown = PyMem_Realloc(r->seconds, (size_t)cap * sizeof(double));
         if (grown == NULL) {
             PyErr_NoMemory();
             return -1;
         }
-        self->seconds = grown;
-        self->cap = cap;
+        r->seconds = grown;
+        r->cap = cap;
     }
-    self->seconds[self->n++] = seconds;
+    r->seconds[r->n++] = seconds;
+    return 0;
+}
+
+static int lane_ready(Lane *self) {
+    if (self->wires == NULL) {
+        PyErr_SetString(PyExc_TypeError, "the Lane was not initialised");
+        return -1;
+    }
     return 0;
 }
 
 PyDoc_STRVAR(lane_take_doc,
-"take() -> (arrivals, (n2xx, n3xx, n4xx, n5xx), bytes_in, latencies)\n\n"
-"What the lane recorded since the last take (latencies: float64 seconds, native\n"
-"order, one per reply); the lane starts over.");
+"take() -> [(name, arrivals, (n2xx, n3xx, n4xx, n5xx), bytes_in, latencies), ...]\n\n"
+"What the lane recorded since the last take, per series that has anything\n"
+"(latencies: float64 seconds, native order, one per reply); it starts over.");
 
 static PyObject *lane_take(Lane *self, PyObject *unused) {
-    PyObject *raw = PyBytes_FromStringAndSize((const char *)self->seconds,
-                                              self->n * (Py_ssize_t)sizeof(double));
-    if (raw == NULL) return NULL;
-    PyObject *out = Py_BuildValue("L(LLLL)LN", self->arrivals, self->counts[0], self->counts[1],
-                                  self->counts[2], self->counts[3], self->bytes_in, raw);
+    if (lane_ready(self) < 0) return NULL;
+    PyObject *out = PyList_New(0);
     if (out == NULL) return NULL;
-    self->arrivals = self->bytes_in = 0;
-    memset(self->counts, 0, sizeof self->counts);
-    self->n = 0;
-    if (self->cap > 65536) {  /* a burst does not keep its memory */
-        PyMem_Free(self->seconds);
-        self->seconds = NULL;
-        self->cap = 0;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(self->names); i++) {
+        Record *r = &self->records[i];
+        if (r->arrivals == 0 && r->n == 0) continue;
+        PyObject *raw = PyBytes_FromStringAndSize((const char *)r->seconds,
+                                                  r->n * (Py_ssize_t)sizeof(double));
+        if (raw == NULL) goto fail;
+        PyObject *item = Py_BuildValue("OL(LLLL)LN", PyTuple_GET_ITEM(self->names, i),
+                                       r->arrivals, r->counts[0], r->counts[1], r->counts[2],
+                                       r->counts[3], r->bytes_in, raw);
+        if (item == NULL) goto fail;
+        int rc = PyList_Append(out, item);
+        Py_DECREF(item);
+        if (rc < 0) goto fail;
+        r->arrivals = r->bytes_in = 0;
+        memset(r->counts, 0, sizeof r->counts);
+        r->n = 0;
+        if (r->cap > 65536) { /* a burst does not keep its memory */
+            PyMem_Free(r->seconds);
+            r->seconds = NULL;
+            r->cap = 0;
+        }
     }
     return out;
+
+fail:
+    Py_DECREF(out);
+    return NULL;
+}
+
+static PyObject *lane_get_pos(Lane *self, void *closure) { return PyLong_FromSsize_t(self->pos); }
+
+static int lane_set_pos(Lane *self, PyObject *value, void *closure) {
+    if (value == NULL || lane_ready(self) < 0) {
+        if (value == NULL) PyErr_SetString(PyExc_TypeError, "pos cannot be deleted");
+        return -1;
+    }
+    Py_ssize_t pos = PyLong_AsSsize_t(value);
+    if (pos == -1 && PyErr_Occurred()) return -1;
+    if (pos < 0 || pos >= self->length) {
+        PyErr_SetString(PyExc_ValueError, "pos is outside the cycle");
+        return -1;
+    }
+    self->pos = pos;
+    return 0;
 }
 
 static PyMethodDef lane_methods[] = {
@@ -283,18 +403,24 @@ static PyMemberDef lane_members[] = {
     {"enabled", T_BOOL, offsetof(Lane, enabled), 0, "whether it may send the next request"},
     {"until", T_DOUBLE, offsetof(Lane, until), 0, "it sends nothing at or after this time"},
     {"sent", T_DOUBLE, offsetof(Lane, sent), 0, "when the request in flight was sent"},
-    {"timeout", T_DOUBLE, offsetof(Lane, timeout), READONLY, "the request's timeout"},
     {"sends", T_LONGLONG, offsetof(Lane, sends), READONLY, "requests it sent, in all"},
     {"phase", T_OBJECT, offsetof(Lane, phase), READONLY, "the series' phase"},
-    {"name", T_OBJECT, offsetof(Lane, name), READONLY, "the series' request name"},
+    {"names", T_OBJECT, offsetof(Lane, names), READONLY, "the series' names"},
+    {NULL},
+};
+
+static PyGetSetDef lane_getset[] = {
+    {"pos", (getter)lane_get_pos, (setter)lane_set_pos,
+     "the place in the cycle of the request in flight", NULL},
     {NULL},
 };
 
 static PyTypeObject LaneType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "loadctl.agent._lane.Lane",
-    .tp_doc = PyDoc_STR("Lane(driver, wire, waiters, timeout, phase, name): a user's "
-                        "closed loop of one static request, run by its connection."),
+    .tp_doc = PyDoc_STR("Lane(driver, cycle, waiters, phase): a user's closed loop over a "
+                        "cycle of static requests ((wire, timeout, name), ...), run by its "
+                        "connection."),
     .tp_basicsize = sizeof(Lane),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_new = PyType_GenericNew,
@@ -304,6 +430,7 @@ static PyTypeObject LaneType = {
     .tp_clear = (inquiry)lane_clear,
     .tp_methods = lane_methods,
     .tp_members = lane_members,
+    .tp_getset = lane_getset,
 };
 
 /* ------------------------------------------------------------------------ */
@@ -341,21 +468,24 @@ static void core_dealloc(ConnCore *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* Python takes the request back: the user gets the lane's send time and deadline. */
+/* Python takes the request back: the user learns when it was sent, its deadline and
+ * how many requests the lane moved on by (`lane_detached`). */
 static int detach(ConnCore *self) {
     Lane *lane = self->lane;
     if (lane == NULL) return 0;
     self->lane = NULL;
     self->in_body = 0;
-    int rc = -1;
-    PyObject *sent = PyFloat_FromDouble(lane->sent);
-    PyObject *deadline = PyFloat_FromDouble(self->deadline);
-    if (sent != NULL && deadline != NULL && lane->driver != NULL &&
-        PyObject_SetAttr(lane->driver, str_sent, sent) == 0 &&
-        PyObject_SetAttr(lane->driver, str_deadline, deadline) == 0)
-        rc = 0;
-    Py_XDECREF(sent);
-    Py_XDECREF(deadline);
+    Py_ssize_t advanced = lane->advanced;
+    lane->advanced = 0;
+    int rc = 0;
+    if (lane->driver != NULL) {
+        PyObject *r = PyObject_CallMethod(lane->driver, "lane_detached", "ddn", lane->sent,
+                                          self->deadline, advanced);
+        if (r == NULL)
+            rc = -1;
+        else
+            Py_DECREF(r);
+    }
     Py_DECREF(lane);
     return rc;
 }
@@ -374,21 +504,26 @@ static PyObject *complete(ConnCore *self, int keep) {
     int status = self->status;
     Py_ssize_t waiting = 0;
     if (keep && lane->enabled && end < lane->until) {
-        waiting = PyObject_Length(lane->waiters);
+        if (lane->waiters == NULL || lane->driver == NULL) keep = 0; /* cleared: never */
+        else waiting = PyObject_Length(lane->waiters);
         if (waiting < 0) return NULL;
     }
     if (keep && lane->enabled && end < lane->until && waiting == 0 && self->writer != NULL) {
-        if (lane_keep(lane, end - lane->sent) < 0) return NULL;
-        lane->counts[status / 100 - 2]++;
-        lane->bytes_in += self->nbytes;
-        lane->arrivals++;
+        Record *r = &lane->records[lane->series[lane->pos]];
+        if (record_keep(r, end - lane->sent) < 0) return NULL;
+        r->counts[status / 100 - 2]++;
+        r->bytes_in += self->nbytes;
+        Py_ssize_t pos = lane->pos + 1 < lane->length ? lane->pos + 1 : 0;
+        lane->pos = pos;
+        lane->advanced++;
+        lane->records[lane->series[pos]].arrivals++;
         lane->sends++;
         lane->sent = end;
-        self->deadline = end + lane->timeout;
+        self->deadline = end + lane->timeouts[pos];
         self->nbytes = 0;
-        PyObject *r = PyObject_CallOneArg(self->writer, lane->wire);
-        if (r == NULL) return NULL;
-        Py_DECREF(r);
+        PyObject *w = PyObject_CallOneArg(self->writer, PyTuple_GET_ITEM(lane->wires, pos));
+        if (w == NULL) return NULL;
+        Py_DECREF(w);
         Py_RETURN_NONE;
     }
     self->keep = (char)keep;
@@ -453,8 +588,8 @@ static int core_set_lane(ConnCore *self, PyObject *value, void *closure) {
         self->in_body = 0;
         return 0;
     }
-    if (!PyObject_TypeCheck(value, &LaneType)) {
-        PyErr_SetString(PyExc_TypeError, "lane must be a Lane or None");
+    if (!PyObject_TypeCheck(value, &LaneType) || ((Lane *)value)->wires == NULL) {
+        PyErr_SetString(PyExc_TypeError, "lane must be an initialised Lane or None");
         return -1;
     }
     Py_INCREF(value);
@@ -545,9 +680,7 @@ PyMODINIT_FUNC PyInit__lane(void) {
     if (PyType_Ready(&LaneType) < 0 || PyType_Ready(&ConnCoreType) < 0) return NULL;
     str_data_received = PyUnicode_InternFromString("_data_received");
     str_lane_complete = PyUnicode_InternFromString("_lane_complete");
-    str_sent = PyUnicode_InternFromString("sent");
-    str_deadline = PyUnicode_InternFromString("deadline");
-    if (!str_data_received || !str_lane_complete || !str_sent || !str_deadline) return NULL;
+    if (!str_data_received || !str_lane_complete) return NULL;
     PyObject *m = PyModule_Create(&lane_module);
     if (m == NULL) return NULL;
     Py_INCREF(&LaneType);

@@ -1,22 +1,25 @@
 # The fast engine's compiled lane (agent/_lane.c).
-from collections.abc import Callable, Sized
+from collections.abc import Callable, Sequence, Sized
 
 class Lane:
     enabled: bool
     until: float
     sent: float
-    @property
-    def timeout(self) -> float: ...
+    pos: int
     @property
     def sends(self) -> int: ...
     @property
     def phase(self) -> str: ...
     @property
-    def name(self) -> str: ...
+    def names(self) -> tuple[str, ...]: ...
     def __init__(
-        self, driver: object, wire: bytes, waiters: Sized, timeout: float, phase: str, name: str
+        self,
+        driver: object,
+        cycle: Sequence[tuple[bytes, float, str]],
+        waiters: Sized,
+        phase: str,
     ) -> None: ...
-    def take(self) -> tuple[int, tuple[int, int, int, int], int, bytes]: ...
+    def take(self) -> list[tuple[str, int, tuple[int, int, int, int], int, bytes]]: ...
 
 class ConnCore:
     nbytes: int

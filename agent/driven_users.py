@@ -22,10 +22,10 @@ and body when a check or extraction reads them) is judged by the same function
 calls never wait): a `unique-per-user` row when the user starts, any other mode's
 next row when an iteration starts; a user whose feeder has no row left ends.
 
-A user that sends one static request again and again, with no think time, no data
-rows and nothing to judge in its reply (the commonest heavy load), goes one step
-further: its `Lane` (agent/_lane.c) lets its connection record each reply and write
-the next request in C, with no Python call at all, until the interval ends, the
+A user that sends static requests again and again (one, a sequence, or a mix), with
+no think time, no data rows and nothing to judge in its replies (the commonest heavy
+load), goes one step further: its `Lane` (agent/_lane.c) lets its connection record
+each reply and write the next request in C, with no Python call at all, until the interval ends, the
 dead-man switch's time comes, the user stops or the run aborts (`Lane.enabled`,
 cleared by `_User.stop` and `Runner.abort`), another request waits for a
 connection, or a reply is not one the lane takes; that reply then comes back here
@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     from loadctl.agent.users import _User
 
 _EDGE = 1e-9  # seconds: an arrival this close to an interval's end is placed by the runner
+_LANE_CYCLE_MAX = 4096  # a mix with a longer period of picks runs in Python
 
 
 # judge(step, user state, reply or None if it failed, when it was sent): whether the
@@ -144,24 +145,57 @@ class DrivenUser(Exchange):
         self.buffers: dict[str, SeriesBuffer] = {}
         self.cut = -1  # the recorder's interval `buffers` and `boundary` belong to
         self.boundary = 0.0
+        self.lane_names: list[str] = []  # the lane's cycle of requests
         self.lane = user.lane = self._make_lane(feeder)
 
     def _make_lane(self, feeder: Feeder | None) -> Lane | None:
-        """The user's compiled lane (agent/_lane.c), if it can have one: one static
-        request with nothing to judge in its reply, no think time and no data rows."""
-        name = self.only
-        if LANE is None or not name or feeder is not None or self.pause is not None:
+        """The user's compiled lane (agent/_lane.c), if it can have one: static
+        requests to one server with nothing to judge in their replies, no think time
+        and no data rows. Its cycle is the sequence's steps, or one period of the
+        mix's picks (`_lane_pos` says where the user is in it)."""
+        if LANE is None or feeder is not None or self.pause is not None or self.judged:
             return None
-        prepared = self.ready.get(name)
-        if prepared is None or self.judged or prepared.want_body or prepared.is_head:
+        mix = self.mix
+        if self.sequence:
+            names = [s.name for s in mix.specs]
+        elif mix.period <= _LANE_CYCLE_MAX:
+            names = [mix.pick(k).name for k in range(mix.period)]
+        else:
             return None
-        if prepared.big_body:  # written in two parts
-            return None
-        client = self.fast_client
-        lane = LANE.Lane(
-            self, prepared.wire, client.waiters, self.timeouts[name], self.phase.name, name
-        )
+        prepared = [self.ready.get(name) for name in names]
+        pool = prepared[0].pool if prepared[0] is not None else None
+        cycle = []
+        for name, ready in zip(names, prepared, strict=True):
+            if ready is None or ready.want_body or ready.is_head or ready.big_body:
+                return None  # templated, or read, or not one write
+            if ready.pool is not pool:
+                return None  # another server: another connection
+            cycle.append((ready.wire, self.timeouts[name], name))
+        self.lane_names = names
+        lane = LANE.Lane(self, cycle, self.fast_client.waiters, self.phase.name)
         return cast("Lane", lane)  # LANE is a module found at run time: its names are Any
+
+    def _lane_pos(self) -> int:
+        """Where the request just sent is in the lane's cycle."""
+        if self.sequence:
+            return self.position
+        return (self.user.index + self.me.iteration) % len(self.lane_names)
+
+    def lane_detached(self, sent: float, deadline: float, advanced: int) -> None:
+        """The lane gives the request in flight back (agent/_lane.c): when it was sent,
+        its deadline, and how many requests the lane moved on by since it took over
+        (each one step of the sequence, or one iteration of the mix)."""
+        self.sent = sent
+        self.deadline = deadline
+        if not advanced:
+            return
+        if self.sequence:
+            steps = len(self.lane_names)
+            iterations, self.position = divmod(self.position + advanced, steps)
+            self.me.iteration += iterations
+        else:
+            self.me.iteration += advanced
+        self.name = self.lane_names[self._lane_pos()]
 
     async def run(self) -> None:
         lane = self.lane
@@ -235,6 +269,7 @@ class DrivenUser(Exchange):
             if lane is not None and not self.ended and self.task is None:
                 # on a connection, replied to by its callback: the lane sends the
                 # next ones until the interval ends (or the dead-man switch's time)
+                lane.pos = self._lane_pos()
                 lane.sent = now
                 lane.until = min(self.boundary, runner.send_until())
                 lane.enabled = True

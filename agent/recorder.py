@@ -124,23 +124,21 @@ class Recorder:
         return buffer
 
     def absorb(self, lane: Lane) -> None:
-        """Add what `lane` recorded since it was last taken to its series' buffer: in a
-        closed loop with no think time latency and service time are the same, and the
-        send lag is 0."""
-        arrivals, counts, nbytes, raw = lane.take()
-        if not arrivals and not raw:
-            return
-        buffer = self.series(lane.phase, lane.name)
-        buffer.arrivals += arrivals
-        for outcome, n in zip(_LANE_OUTCOMES, counts, strict=True):
-            if n:
-                buffer.count(outcome, n)
-        buffer.bytes_in += nbytes
-        seconds = array("d")
-        seconds.frombytes(raw)
-        buffer.latency.extend(seconds)
-        buffer.service.extend(seconds)
-        buffer.send_lag.extend(repeat(0.0, len(seconds)))
+        """Add what `lane` recorded since it was last taken to its series' buffers: in
+        a closed loop with no think time latency and service time are the same, and
+        the send lag is 0."""
+        for name, arrivals, counts, nbytes, raw in lane.take():
+            buffer = self.series(lane.phase, name)
+            buffer.arrivals += arrivals
+            for outcome, n in zip(_LANE_OUTCOMES, counts, strict=True):
+                if n:
+                    buffer.count(outcome, n)
+            buffer.bytes_in += nbytes
+            seconds = array("d")
+            seconds.frombytes(raw)
+            buffer.latency.extend(seconds)
+            buffer.service.extend(seconds)
+            buffer.send_lag.extend(repeat(0.0, len(seconds)))
 
     def cut(self) -> tuple[tuple[Series, ...], list[Any]]:
         """The interval's series and the table of their histograms (three per

@@ -66,3 +66,8 @@ class Mix:
 
     def pick(self, k: int) -> RequestSpec:
         return self.specs[self._stripe.owner(k)]
+
+    @property
+    def period(self) -> int:
+        """`pick(k)` is `pick(k % period)`."""
+        return self._stripe.period

@@ -15,6 +15,7 @@ not at the end of the interval.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 import time
 from collections import Counter
@@ -26,6 +27,7 @@ import numpy as np
 import pytest
 import uvloop
 from table_kernel_required import lane_or_skip
+from test_engines import _make_cert
 
 from loadctl.agent._lane import Lane
 from loadctl.agent.runner import Runner
@@ -71,13 +73,17 @@ SCRIPTS = {
 @dataclass
 class Server:
     port: int
+    tls_port: int = 0  # the same server over TLS (0: no openssl to make a certificate)
+    ca: str = ""  # its certificate
     seen: list[float] = field(default_factory=list)  # perf_counter of each request
+    paths: Counter[str] = field(default_factory=Counter)  # requests by path
     unanswered: Counter[str] = field(default_factory=Counter)
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[Server]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     lane_or_skip()
+    cert = _make_cert(tmp_path_factory.mktemp("tls"))
     loop = asyncio.new_event_loop()
     found = Server(0)
     ready = threading.Event()
@@ -93,6 +99,7 @@ def server() -> Iterator[Server]:
                     return
                 found.seen.append(time.perf_counter())
                 path = head.split(b" ", 2)[1].decode()
+                found.paths[path] += 1
                 script = SCRIPTS[path]
                 served += 1
                 if script.drop_at and served >= script.drop_at:
@@ -113,9 +120,18 @@ def server() -> Iterator[Server]:
     async def serve() -> None:
         listener = await asyncio.start_server(conn, "127.0.0.1", 0)
         found.port = listener.sockets[0].getsockname()[1]
+        tls = None
+        if cert is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(*cert)
+            tls = await asyncio.start_server(conn, "127.0.0.1", 0, ssl=context)
+            found.tls_port = tls.sockets[0].getsockname()[1]
+            found.ca = cert[0]
         ready.set()
         await stop.wait()
         listener.close()
+        if tls is not None:
+            tls.close()
 
     thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
     thread.start()
@@ -129,6 +145,7 @@ def server() -> Iterator[Server]:
 class Run:
     arrivals: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
+    by_name: Counter[tuple[str, str]] = field(default_factory=Counter)  # (name, outcome)
     latencies: int = 0  # values in the latency histograms
     timed: int = 0  # replies with a status (what the latency histograms must hold)
     lanes: set[Lane] = field(default_factory=set)
@@ -136,6 +153,8 @@ class Run:
     t0: float = 0.0  # the run's time zero (perf_counter)
     aborted_at: float = 0.0
     seen: list[float] = field(default_factory=list)  # the server's requests, this run
+    paths: Counter[str] = field(default_factory=Counter)  # and by path
+    unanswered: Counter[str] = field(default_factory=Counter)  # by path
 
     @property
     def completed(self) -> int:
@@ -148,8 +167,9 @@ class Run:
 
 def run(
     server: Server,
-    path: str,
+    path: str | list[dict[str, Any]],
     *,
+    flow: str = "mix",
     users: int = 4,
     duration: float = 1.0,
     interval: float = 0.5,
@@ -157,6 +177,7 @@ def run(
     abort_after: float | None = None,
     drain: float = 0.0,
     dead_at: float | None = None,
+    tls: bool = False,
 ) -> Run:
     """A constant-users phase of GET `path` on the fast engine, run by the agent's
     Runner in this process. `abort_after`: the runner aborts then, letting requests
@@ -165,22 +186,26 @@ def run(
     scenario = Scenario.from_dict(
         {
             "name": "lane",
-            "target": f"http://127.0.0.1:{server.port}",
+            "target": f"https://127.0.0.1:{server.tls_port}"
+            if tls
+            else f"http://127.0.0.1:{server.port}",
             "defaults": {
                 "engine": "fast",
                 "connections": users,
                 "timeout": timeout,
                 "interval": interval,
             },
-            "requests": [{"name": "r", "path": path}],
+            "requests": [{"name": "r", "path": path}] if isinstance(path, str) else path,
             "phases": [
                 {"name": "p", "executor": "constant-users", "users": users,
-                 "duration": duration, "grace": 1.0}
+                 "duration": duration, "grace": 1.0, "flow": flow}
             ],
         }
     )  # fmt: skip
     out = Run()
     before = len(server.seen)
+    paths_before = server.paths.copy()
+    unanswered_before = server.unanswered.copy()
 
     async def sink(
         index: int, start: float, end: float, series: tuple[Series, ...], table: list[Any]
@@ -189,6 +214,7 @@ def run(
         for i, s in enumerate(series):
             out.arrivals += s.arrivals
             out.outcomes.update(s.outcomes)
+            out.by_name.update({(s.name, o): n for o, n in s.outcomes.items()})
             out.timed += sum(n for o, n in s.outcomes.items() if o.endswith("xx"))
             out.latencies += int(counts[3 * i])  # latency, service, send lag per series
 
@@ -218,6 +244,8 @@ def run(
     uvloop.run(main())
     time.sleep(0.05)  # the server's last requests
     out.seen = server.seen[before:]
+    out.paths = server.paths - paths_before
+    out.unanswered = server.unanswered - unanswered_before
     return out
 
 
@@ -237,6 +265,16 @@ def test_the_lane_carries_a_plain_closed_loop_and_counts_it_exactly(server: Serv
     assert out.lane_sends >= 0.9 * len(out.seen), (out.lane_sends, len(out.seen))
 
 
+def test_the_lane_runs_over_tls(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not server.tls_port:
+        pytest.skip("no openssl to make a certificate")
+    monkeypatch.setenv("SSL_CERT_FILE", server.ca)  # the default context trusts it
+    out = run(server, "/plain", tls=True)
+    assert_recorded_once(out)
+    assert out.outcomes == {"2xx": len(out.seen)} and len(out.seen) > 100
+    assert out.lane_sends >= 0.9 * len(out.seen)
+
+
 def test_error_statuses_are_counted_by_class(server: Server) -> None:
     out = run(server, "/busy")
     assert_recorded_once(out)
@@ -249,6 +287,29 @@ def test_a_body_in_a_later_read_is_waited_for(server: Server) -> None:
     assert_recorded_once(out)
     assert out.outcomes == {"2xx": len(out.seen)} and len(out.seen) > 50
     assert out.lane_sends >= 0.9 * len(out.seen)
+
+
+def test_a_sequence_runs_on_the_lane_each_step_its_own_series(server: Server) -> None:
+    steps = [{"name": "ok", "path": "/plain"}, {"name": "busy", "path": "/busy"}]
+    out = run(server, steps, flow="sequence")
+    assert_recorded_once(out)
+    assert out.by_name == {("ok", "2xx"): out.paths["/plain"], ("busy", "5xx"): out.paths["/busy"]}
+    # each iteration sends both in turn: the counts differ by the users at most
+    assert 0 <= out.paths["/plain"] - out.paths["/busy"] <= 4 and out.paths["/busy"] > 100
+    assert out.lane_sends >= 0.9 * len(out.seen)
+
+
+def test_a_weighted_mix_runs_on_the_lane_in_its_proportions(server: Server) -> None:
+    mix = [
+        {"name": "ok", "path": "/plain", "weight": 3},
+        {"name": "busy", "path": "/busy", "weight": 1},
+    ]
+    out = run(server, mix)
+    assert_recorded_once(out)
+    assert out.by_name == {("ok", "2xx"): out.paths["/plain"], ("busy", "5xx"): out.paths["/busy"]}
+    total = len(out.seen)
+    assert total > 400 and abs(out.paths["/plain"] / total - 0.75) < 0.02, out.paths
+    assert out.lane_sends >= 0.9 * total
 
 
 @pytest.mark.parametrize("path", ["/chunked", "/close", "/extra"])
@@ -272,9 +333,12 @@ def test_a_stall_times_out_and_the_user_goes_on(server: Server) -> None:
     it (the lane sent it) and the user goes on, on a new connection."""
     out = run(server, "/stall-third", users=2, timeout=0.2, duration=1.2)
     assert_recorded_once(out)
-    stalls = out.outcomes["timeout"]
-    assert stalls >= 4 and out.outcomes == {"2xx": 2 * stalls, "timeout": stalls}
-    assert len(out.seen) == 3 * stalls
+    stalls, replies = out.outcomes["timeout"], out.outcomes["2xx"]
+    assert set(out.outcomes) == {"2xx", "timeout"} and stalls >= 4
+    assert out.unanswered["/stall-third"] == stalls
+    assert len(out.seen) == replies + stalls
+    # two replies per connection before its stall; the last connections may not reach it
+    assert 2 * stalls <= replies <= 2 * stalls + 2 * 2
 
 
 def test_a_dropped_connection_is_resent_once(server: Server) -> None:
@@ -282,8 +346,9 @@ def test_a_dropped_connection_is_resent_once(server: Server) -> None:
     an idempotent request on a kept-alive connection is resent on a new one."""
     out = run(server, "/drop-third", users=2)
     assert_recorded_once(out)
-    drops = len(out.seen) // 3
+    drops = out.unanswered["/drop-third"]
     assert drops >= 10 and out.outcomes == {"2xx": len(out.seen) - drops}
+    assert len(out.seen) // 3 == drops  # two replies per connection, then a drop
 
 
 def test_users_stop_when_the_phase_ends_not_at_the_interval_end(server: Server) -> None:
