@@ -25,12 +25,13 @@ next row when an iteration starts; a user whose feeder has no row left ends.
 A user that sends static requests again and again (one, a sequence, or a mix), with
 no think time, no data rows and nothing to judge in its replies (the commonest heavy
 load), goes one step further: its `Lane` (agent/_lane.c) lets its connection record
-each reply and write the next request in C, with no Python call at all, until the interval ends, the
-dead-man switch's time comes, the user stops or the run aborts (`Lane.enabled`,
-cleared by `_User.stop` and `Runner.abort`), another request waits for a
-connection, or a reply is not one the lane takes; that reply then comes back here
-(`replied`), as every reply did before. The recorder takes what the lane recorded
-when it cuts the interval (`Recorder.absorb`).
+each reply and write the next request in C, with no Python call at all, until the
+interval ends, the dead-man switch's time comes, the user stops or the run aborts
+(`Lane.enabled`, cleared by `_User.stop` and `Runner.abort`), another request
+waits for a connection, or a reply is not one the lane takes; that reply then comes
+back here (`replied`), as every reply did before, after `lane_detached` has put the
+user where the lane left it. The recorder takes what the lane recorded when it cuts
+the interval (`Recorder.absorb`).
 
 Each user still has a task (the controller in `users.py` starts, stops and
 cancels tasks): it starts the chain and waits until the user is done. A
@@ -361,7 +362,7 @@ class DrivenUser(Exchange):
         if lane is not None:
             lane.enabled = False
             if not self.ended and self.task is None and self.conn.lane is lane:
-                self.conn.detach_lane()  # its `sent` is the request in flight's
+                self.conn.detach_lane()  # `sent` and `name`: the request in flight's
         self.waiting = False
         self.cancel()
         self.sender.in_flight -= 1

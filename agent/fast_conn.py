@@ -16,7 +16,6 @@ import asyncio
 import os
 import ssl
 import types
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, Protocol, cast
 
 import httptools
@@ -30,7 +29,6 @@ from loadctl.agent.fast_wire import (
 from loadctl.agent.http import Endpoint, HttpRequest, Reply, RequestTimeout, SendError
 
 if TYPE_CHECKING:
-    from loadctl.agent._lane import Lane
     from loadctl.agent.engine_fast import Exchange, FastClient
 
 BIG_BODY: Final = 64 * 1024  # larger bodies are written as they are, and never cached
@@ -50,14 +48,7 @@ def _load_lane() -> types.ModuleType | None:
 class _PyConnCore:
     """`_lane.ConnCore` without the compiled lane: the same fields, no lane."""
 
-    __slots__ = ("deadline", "keep", "lane", "nbytes", "served", "writer")
-
-    nbytes: int
-    deadline: float
-    served: int
-    keep: bool
-    lane: Lane | None
-    writer: Callable[[bytes], object] | None
+    __slots__ = ("deadline", "keep", "lane", "nbytes", "served", "writer")  # see _lane.pyi
 
     def detach_lane(self) -> None:
         pass
