@@ -12,9 +12,9 @@ runs between two requests of a user.
 
 Only what needs no awaiting per request runs this way (`drivable`): the steps of
 a users phase, templated or not, with their checks, extractions, `once`,
-`abort_on_fail` and data rows, but no Python flow and no cookies, on the fast engine
-(its shared pool, or with `connections: per-user` a client of the user's own,
-closed at its end). Anything else runs as the coroutine users of `users.py`,
+`abort_on_fail`, data rows and cookies, but no Python flow, on the fast engine
+(its shared pool, or with `connections: per-user` or `cookies` a client of the
+user's own, closed at its end). Anything else runs as the coroutine users of `users.py`,
 which measure the same things in the same way; a step's reply (with its headers
 and body when a check or extraction reads them) is judged by the same function
 (`judge`), and `once` and `abort_on_fail` move through the iteration as
@@ -74,7 +74,7 @@ def drivable(phase: Phase, mix: Mix | None, engine: str) -> bool:
     """Whether the users of `phase` can run as `DrivenUser`s on `engine`."""
     if mix is None or is_python_flow(phase.flow):
         return False
-    return engine == "fast" and not phase.cookies
+    return engine == "fast"
 
 
 class DrivenUser(Exchange):
@@ -155,6 +155,8 @@ class DrivenUser(Exchange):
         and no data rows. Its cycle is the sequence's steps, or one period of the
         mix's picks (`_lane_pos` says where the user is in it)."""
         if LANE is None or feeder is not None or self.pause is not None or self.judged:
+            return None
+        if self.fast_client.cookies is not None:  # each request with the jar's cookies
             return None
         mix = self.mix
         if self.sequence:

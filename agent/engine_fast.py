@@ -21,11 +21,13 @@ body bytes only become Python objects when the request asks for them
 Layout: `fast_wire` (request bytes, reply framing), `fast_conn` (the
 Protocol and its per-request state), and here the pool and the client.
 
-What it leaves out, on purpose: cookies, redirects, proxies, content
-decoding (gzip), HTTP/2 and pipelining. A scenario that needs cookies or
-redirects runs on the aiohttp engine instead (see `engines.choose_engine`);
-a redirecting request sent here anyway fails loudly with a `SendError`
-rather than silently reporting the 3xx.
+Cookies: a client made with `cookies=True` keeps them in aiohttp's jar, as the
+aiohttp engine does (`fast_cookies`); it reads every reply's headers for them.
+
+What it leaves out, on purpose: redirects, proxies, content decoding (gzip),
+HTTP/2 and pipelining. A scenario that needs redirects runs on the aiohttp
+engine instead (see `engines.choose_engine`); a redirecting request sent here
+anyway fails loudly with a `SendError` rather than silently reporting the 3xx.
 
 Reply accounting: `bytes_in` is the bytes of the reply as they came off the
 socket (status line, headers, chunk framing, body), as wrk counts them.
@@ -36,10 +38,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl
+from collections.abc import Iterable
 from functools import partial
+from http.cookies import Morsel
 from typing import Final
 
 from loadctl.agent.fast_conn import Conn, Pool, Prepared, Stale
+from loadctl.agent.fast_cookies import Cookies
 from loadctl.agent.fast_wire import USER_AGENT, serialise_head, serialise_request
 from loadctl.agent.http import (
     ConnectFailed,
@@ -110,7 +115,10 @@ class Exchange:
     def set_result(self, reply: Reply) -> None:
         """The whole reply (a `want_body` request, or one completed off the hot path)."""
         self.ended = True
-        self.client.settle(self.conn)
+        client = self.client
+        client.settle(self.conn)
+        if client.cookies is not None:
+            client.cookies.keep(reply.headers, self.prepared.url)
         self.replied_with(reply)
 
     def set_exception(self, exc: BaseException) -> None:
@@ -170,9 +178,16 @@ class FastClient:
     from one event loop, the one running at the first `send`.
     """
 
-    def __init__(self, max_connections: int, *, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        max_connections: int,
+        *,
+        cookies: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
+        self.cookies = Cookies() if cookies else None  # see fast_cookies
         self._max = max_connections
         self._ssl_context = ssl_context
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -191,6 +206,11 @@ class FastClient:
     def waiters(self) -> collections.deque[tuple[Pool, asyncio.Future[Conn | None]]]:
         """The requests waiting for a connection (a lane yields its own while any wait)."""
         return self._waiters
+
+    @property
+    def cookie_jar(self) -> Iterable[Morsel[str]] | None:
+        """The client's cookies (None before the first send or without cookies)."""
+        return None if self.cookies is None else self.cookies.made
 
     @property
     def connections(self) -> int:
@@ -251,7 +271,7 @@ class FastClient:
         exchange.conn = conn
         exchange.prepared = prepared
         exchange.deadline = deadline
-        conn.start(prepared, exchange, deadline)
+        conn.start(self._with_cookies(prepared), exchange, deadline)
         if conn.fut is exchange:
             conn.exchange = exchange
         if deadline < self._sweep_at:
@@ -263,7 +283,7 @@ class FastClient:
         assert loop is not None
         while True:
             fut: asyncio.Future[Reply] = loop.create_future()
-            conn.start(prepared, fut, deadline)
+            conn.start(self._with_cookies(prepared), fut, deadline)
             if deadline < self._sweep_at:
                 self._arm(deadline)
             try:
@@ -279,7 +299,18 @@ class FastClient:
                 raise
             break
         self.settle(conn)
+        if self.cookies is not None:
+            self.cookies.keep(reply.headers, prepared.url)
         return reply
+
+    def _with_cookies(self, prepared: Prepared) -> Prepared:
+        """`prepared` with the cookies the jar has for it (the one a request waiting
+        for a connection had then is not the one it is sent with now)."""
+        cookies = self.cookies
+        if cookies is None:
+            return prepared
+        value = cookies.header(prepared.url)
+        return prepared if value is None else prepared.with_cookie(value)
 
     def _may_retry(self, conn: Conn, prepared: Prepared) -> bool:
         """After `Stale`: whether to resend on a fresh connection (keeping the slot).

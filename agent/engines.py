@@ -1,10 +1,10 @@
 """Choosing and making the agent's HTTP engine.
 
 "fast" (raw uvloop transports + httptools, see `engine_fast`) is the default:
-it costs a fraction of aiohttp's CPU per request. It does not do cookies or
-redirects, so a scenario that needs either runs on "aiohttp"; asking for
-"fast" explicitly then falls back with a note for the user, rather than
-running a scenario whose cookies or redirects silently do nothing.
+it costs a fraction of aiohttp's CPU per request. It keeps cookies but does not
+follow redirects, so a scenario that needs redirects runs on "aiohttp"; asking
+for "fast" explicitly then falls back with a note for the user, rather than
+running a scenario whose redirects silently do nothing.
 """
 
 from __future__ import annotations
@@ -20,9 +20,7 @@ ENGINES: Final = ("fast", "aiohttp")
 DEFAULT_ENGINE: Final = "fast"
 
 
-def choose_engine(
-    requested: str | None, needs_cookies: bool, needs_redirects: bool
-) -> tuple[str, str | None]:
+def choose_engine(requested: str | None, needs_redirects: bool) -> tuple[str, str | None]:
     """The engine to run, and a note for the user when it is not the one requested.
 
     `requested` is the user's choice (None or "auto": let loadctl pick).
@@ -32,19 +30,14 @@ def choose_engine(
         raise ValueError(
             f"unknown HTTP engine {requested!r}: choose one of {', '.join(ENGINES)} (or auto)"
         )
-    needs = [
-        what
-        for what, needed in (("cookies", needs_cookies), ("redirects", needs_redirects))
-        if needed
-    ]
     if requested == "aiohttp":
         return "aiohttp", None
-    if not needs:
+    if not needs_redirects:
         return DEFAULT_ENGINE, None
     if requested == "fast":
         return "aiohttp", (
-            f"the fast engine does not support {' or '.join(needs)}, which this scenario "
-            "uses: running on the aiohttp engine instead (more CPU per request)"
+            "the fast engine does not follow redirects, which this scenario uses: "
+            "running on the aiohttp engine instead (more CPU per request)"
         )
     return "aiohttp", None
 
@@ -58,18 +51,11 @@ def make_client(
 ) -> HttpClient:
     """A client of `engine` with a keep-alive pool of at most `max_connections`.
 
-    `cookies=True` gives the client its own cookie jar (aiohttp only: asking
-    the fast engine for cookies is an error, `choose_engine` avoids it).
-    `ssl_context` is used for https targets (default: the system's verifying
-    context).
+    `cookies=True` gives the client its own cookie jar. `ssl_context` is used for
+    https targets (default: the system's verifying context).
     """
     if engine == "fast":
-        if cookies:
-            raise ValueError(
-                "the fast engine does not support cookies: use the aiohttp engine "
-                "(choose_engine picks it when cookies are needed)"
-            )
-        return FastClient(max_connections, ssl_context=ssl_context)
+        return FastClient(max_connections, cookies=cookies, ssl_context=ssl_context)
     if engine == "aiohttp":
         return AiohttpClient(max_connections, cookies=cookies, ssl_context=ssl_context)
     raise ValueError(f"unknown HTTP engine {engine!r}: choose one of {', '.join(ENGINES)}")

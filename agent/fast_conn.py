@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Final, Protocol, cast
 
 import httptools
 
+from loadctl.agent.fast_cookies import with_cookie
 from loadctl.agent.fast_wire import (
     IDEMPOTENT_METHODS,
     eof_delimited,
@@ -97,12 +98,14 @@ class Prepared:
 
     __slots__ = (
         "big_body",
+        "head_len",
         "idempotent",
         "is_head",
         "line_end",
         "method",
         "pool",
         "request",
+        "target",
         "want_body",
         "wire",
     )
@@ -111,6 +114,8 @@ class Prepared:
         self.request: HttpRequest | None = request  # None: made by `with_path`
         head = serialise_head(request)
         self.line_end = head.index(b"\r\n") + 2  # the header block follows
+        self.head_len = len(head)
+        self.target = request.target
         body = request.body
         if len(body) > BIG_BODY:  # not copied: written after the head
             self.wire, self.big_body = head, body
@@ -122,17 +127,34 @@ class Prepared:
         self.idempotent = method in IDEMPOTENT_METHODS
         self.want_body = request.want_body
 
+    @property
+    def url(self) -> str:
+        return self.pool.endpoint.base_url + self.target
+
     def with_path(self, path: str) -> Prepared:
         """The same request with another path: its head is that path's request line and
         the header block already serialised (what `serialise_head` would give for a
         request that differs in its path alone). Not cached by the client."""
         request = self.request
         assert request is not None, "with_path on a request made by with_path"
+        target = request.endpoint.join(path)
+        line = request_line(self.method, target)
+        head_len = self.head_len - self.line_end + len(line)
+        return self._variant(line + self.wire[self.line_end :], len(line), head_len, target)
+
+    def with_cookie(self, cookie: bytes) -> Prepared:
+        """The same request with `cookie` in its Cookie header. Not cached by the client."""
+        wire = with_cookie(self.wire, self.head_len, cookie)
+        head_len = self.head_len + len(wire) - len(self.wire)
+        return self._variant(wire, self.line_end, head_len, self.target)
+
+    def _variant(self, wire: bytes, line_end: int, head_len: int, target: str) -> Prepared:
         other = Prepared.__new__(Prepared)
         other.request = None
-        line = request_line(self.method, request.endpoint.join(path))
-        other.wire = line + self.wire[self.line_end :]
-        other.line_end = len(line)
+        other.wire = wire
+        other.line_end = line_end
+        other.head_len = head_len
+        other.target = target
         other.big_body = self.big_body
         other.method = self.method
         other.pool = self.pool
@@ -332,7 +354,7 @@ class Conn(_ConnCore, asyncio.Protocol):
         self.head = None
         self.headers_done = False
         self.is_head = prepared.is_head
-        if prepared.want_body:
+        if prepared.want_body or self.owner.cookies is not None:  # Set-Cookie is a header
             self.want = True
             collector = self.collector
             if collector is None:

@@ -359,9 +359,5 @@ def initial_vars(scenario: Scenario) -> dict[str, Any]:
     return parse_variables(scenario.source.get("variables"))
 
 
-def needs_cookies(scenario: Scenario) -> bool:
-    return any(p.cookies for p in scenario.phases)
-
-
 def needs_redirects(scenario: Scenario) -> bool:
     return any(r.follow_redirects for r in scenario.requests)

@@ -22,7 +22,7 @@ from typing import Any
 
 from loadctl.agent.engines import choose_engine, make_client
 from loadctl.agent.http import HttpClient
-from loadctl.agent.journey import needs_cookies, needs_redirects
+from loadctl.agent.journey import needs_redirects
 from loadctl.agent.open_model import run_open_phase
 from loadctl.agent.recorder import Recorder
 from loadctl.agent.requests import prepare
@@ -62,7 +62,6 @@ class Runner:
         self.requests = prepare(self.scenario)
         self.engine, self.engine_note = choose_engine(
             None if self.scenario.defaults.engine == "auto" else self.scenario.defaults.engine,
-            needs_cookies=needs_cookies(self.scenario),
             needs_redirects=needs_redirects(self.scenario),
         )
         self._client: HttpClient | None = None

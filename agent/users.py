@@ -131,11 +131,11 @@ async def run_user_phase(runner: Runner, state: PhaseState) -> None:
     def start_user(u: int) -> None:
         user = _User(u)
         if driven:
-            client = runner.new_client(1) if own else runner.shared_client()
+            client = runner.new_client(1, phase.cookies) if own else runner.shared_client()
             assert mix is not None and isinstance(client, FastClient)
             me = _user_state(runner, kit, phase, u)
             pause = functools.partial(think_seconds, phase.think, me.rng)
-            judge = functools.partial(_evaluate, runner, kit, phase, jar=_no_jar)
+            judge = functools.partial(_evaluate, runner, kit, phase, jar=_jar_of(client))
             feeder = kit.feeder(phase.data) if phase.data is not None else None
             driver = DrivenUser(
                 runner, phase, mix, kit.steps, client, user, pause, me, judge, own, feeder
@@ -208,10 +208,7 @@ async def _user_loop(runner: Runner, state: PhaseState, mix: Mix | None, user: _
         runner.new_client(1, cookies=phase.cookies) if own else runner.shared_client()
     )
 
-    def jar() -> Iterable[Any] | None:
-        found: Iterable[Any] | None = getattr(client, "cookie_jar", None)
-        return found
-
+    jar = _jar_of(client)
     flow_user = None
     if is_python_flow(phase.flow):
         names = kit.flow_names.setdefault(phase.name, set())
@@ -237,15 +234,21 @@ async def _user_loop(runner: Runner, state: PhaseState, mix: Mix | None, user: _
             await client.close()
 
 
+def _jar_of(client: HttpClient) -> Callable[[], Iterable[Any] | None]:
+    """The client's cookie jar when a check or extraction asks (None: it keeps none)."""
+
+    def jar() -> Iterable[Any] | None:
+        found: Iterable[Any] | None = getattr(client, "cookie_jar", None)
+        return found
+
+    return jar
+
+
 def _user_state(runner: Runner, kit: Journeys, phase: Phase, index: int) -> UserState:
     """User `index`'s state as it starts: the scenario's variables, its own random
     numbers (the same on every run of the same plan)."""
     rng = random.Random(hash((runner.plan.run_id, phase.name, index)))
     return UserState(index, vars=dict(kit.vars), rng=rng)
-
-
-def _no_jar() -> None:
-    return None  # users run by callbacks keep no cookies
 
 
 async def _steps_iteration(

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import uvloop
+from test_engines import Servers, servers  # noqa: F401  (servers: a fixture)
 from test_journeys import LOGIN, users_csv
 
 from loadctl.agent.runner import Runner
@@ -313,6 +314,21 @@ def test_a_row_per_iteration_until_the_rows_run_out(engine: str, tmp_path: Path)
     assert_all_recorded(out, users=engine == "fast")
     assert counts["logins"] == {f"user{r:03d}": 1 for r in range(10)}
     assert out.outcomes == {"2xx": 10} and out.checks["login"] == [20, 0]
+
+
+@pytest.mark.parametrize("engine", ["fast", "aiohttp"])
+def test_each_user_keeps_its_own_cookies(engine: str, servers: Servers) -> None:  # noqa: F811
+    """`cookies: true`: a user's session cookie, set by its first request, comes back
+    with its second (the server echoes it; the check wants this user's own)."""
+    requests = [
+        {"name": "login", "path": "/cookie/set/u${user_id}x"},
+        {"name": "me", "path": "/cookie/get", "check": [{"body_contains": "u${user_id}x"}]},
+    ]
+    phase = {"users": 4, "duration": 1.0, "grace": 1.0, "flow": "sequence", "cookies": True}
+    out = run_phase(servers.http.base_url, phase, requests, engine=engine)
+    assert_all_recorded(out, users=engine == "fast")
+    assert out.checks["me"][0] > 20 and out.checks["me"][1] == 0, out.checks
+    assert out.outcomes == {"2xx": out.completed}
 
 
 @pytest.mark.parametrize("engine", ["fast", "aiohttp"])

@@ -353,18 +353,19 @@ def test_endpoint_of_a_step() -> None:
     assert isinstance(built, HttpRequest) and built.endpoint == Endpoint.parse(TARGET)
 
 
-def test_cookies_and_redirects_choose_the_aiohttp_engine() -> None:
+def test_redirects_choose_the_aiohttp_engine_cookies_do_not() -> None:
     from loadctl.agent.engines import choose_engine
-    from loadctl.agent.journey import needs_cookies, needs_redirects
+    from loadctl.agent.journey import needs_redirects
 
     plain = scenario({"path": "/a"})
-    assert not needs_cookies(plain) and not needs_redirects(plain)
-    assert choose_engine(None, needs_cookies(plain), needs_redirects(plain))[0] == "fast"
+    assert not needs_redirects(plain)
+    assert choose_engine(None, needs_redirects(plain))[0] == "fast"
     phases = [{"executor": "constant-users", "users": 1, "duration": "1s", "cookies": True}]
     jar = scenario({"path": "/a"}, phases=phases)
+    assert choose_engine(None, needs_redirects(jar))[0] == "fast"  # the fast engine keeps them
     redirects = scenario({"path": "/a", "follow_redirects": True})
-    assert needs_cookies(jar) and needs_redirects(redirects)
-    assert choose_engine("fast", True, False)[0] == "aiohttp"
+    assert needs_redirects(redirects)
+    assert choose_engine("fast", needs_redirects(redirects))[0] == "aiohttp"
 
 
 def test_the_example_journey_loads() -> None:
