@@ -169,8 +169,10 @@ class DrivenUser(Exchange):
         pool = prepared[0].pool if prepared[0] is not None else None
         cycle = []
         for name, ready in zip(names, prepared, strict=True):
-            if ready is None or ready.want_body or ready.is_head or ready.big_body:
-                return None  # templated, or read, or not one write
+            if ready is None or ready.want_body or ready.follow or ready.is_head:
+                return None  # templated, or read
+            if ready.big_body:
+                return None  # not one write
             if ready.pool is not pool:
                 return None  # another server: another connection
             cycle.append((ready.wire, self.timeouts[name], name))

@@ -1,9 +1,9 @@
-"""The aiohttp engine: full-featured (cookies, redirects), slower per request.
+"""The aiohttp engine: the well-trodden client, slower per request.
 
 One `aiohttp.ClientSession` with one keep-alive `TCPConnector` pool of at
-most `max_connections` connections. It is the engine for scenarios that need
-cookies or redirects (see `engines.choose_engine`); the fast engine covers
-the rest at a fraction of the CPU per request.
+most `max_connections` connections. It runs when a scenario asks for it
+(`engine: aiohttp`); the fast engine does the same (cookies and redirects
+included) at a fraction of the CPU per request.
 
 To send the same bytes as the fast engine, it adds no `Accept-Encoding`
 header and does not decode compressed bodies (a request that sets

@@ -24,10 +24,12 @@ Protocol and its per-request state), and here the pool and the client.
 Cookies: a client made with `cookies=True` keeps them in aiohttp's jar, as the
 aiohttp engine does (`fast_cookies`); it reads every reply's headers for them.
 
-What it leaves out, on purpose: redirects, proxies, content decoding (gzip),
-HTTP/2 and pipelining. A scenario that needs redirects runs on the aiohttp
-engine instead (see `engines.choose_engine`); a redirecting request sent here
-anyway fails loudly with a `SendError` rather than silently reporting the 3xx.
+Redirects: a request with `follow_redirects` reads its reply's headers and
+follows them by aiohttp's rules (`fast_redirects`), off the hot path (in a task
+when it came through `send_soon`).
+
+What it leaves out, on purpose: proxies, content decoding (gzip), HTTP/2 and
+pipelining.
 
 Reply accounting: `bytes_in` is the bytes of the reply as they came off the
 socket (status line, headers, chunk framing, body), as wrk counts them.
@@ -45,6 +47,7 @@ from typing import Final
 
 from loadctl.agent.fast_conn import Conn, Pool, Prepared, Stale
 from loadctl.agent.fast_cookies import Cookies
+from loadctl.agent.fast_redirects import MAX_REDIRECTS, location, next_request
 from loadctl.agent.fast_wire import USER_AGENT, serialise_head, serialise_request
 from loadctl.agent.http import (
     ConnectFailed,
@@ -117,8 +120,14 @@ class Exchange:
         self.ended = True
         client = self.client
         client.settle(self.conn)
+        prepared = self.prepared
         if client.cookies is not None:
-            client.cookies.keep(reply.headers, self.prepared.url)
+            client.cookies.keep(reply.headers, prepared.url)
+        if prepared.follow and location(reply) is not None:  # on to where it leads
+            loop = asyncio.get_running_loop()
+            follow = client._follow(prepared, reply, self.deadline)
+            self.task = _deliver(loop.create_task(follow), self)
+            return
         self.replied_with(reply)
 
     def set_exception(self, exc: BaseException) -> None:
@@ -236,7 +245,29 @@ class FastClient:
             conn.idle = False
         else:
             conn = await self._acquire(prepared.pool, deadline)
-        return await self._exchange(conn, prepared, deadline)
+        reply = await self._exchange(conn, prepared, deadline)
+        if prepared.follow and location(reply) is not None:
+            reply = await self._follow(prepared, reply, deadline)
+        return reply
+
+    async def _follow(self, prepared: Prepared, reply: Reply, deadline: float) -> Reply:
+        """The reply at the end of `reply`'s redirects (see fast_redirects)."""
+        request, url, nbytes = prepared.source, prepared.url, reply.bytes_in
+        for _ in range(MAX_REDIRECTS):
+            where = location(reply)
+            if where is None:
+                reply.bytes_in = nbytes
+                return reply
+            request = next_request(request, url, reply.status, where)
+            prepared = self._prepare(request, keep=False)
+            url = prepared.url
+            conn = await self._acquire(prepared.pool, deadline)
+            reply = await self._exchange(conn, prepared, deadline)
+            nbytes += reply.bytes_in
+        if location(reply) is not None:
+            raise SendError(f"more than {MAX_REDIRECTS} redirects in a row")
+        reply.bytes_in = nbytes
+        return reply
 
     def prepare(self, request: HttpRequest, keep: bool = True) -> Prepared:
         """`request` made ready for `send_soon` (raises SendError if it cannot be sent);
@@ -368,11 +399,6 @@ class FastClient:
     # -- internals -----------------------------------------------------------
 
     def _prepare(self, request: HttpRequest, keep: bool = True) -> Prepared:
-        if request.follow_redirects:
-            raise SendError(
-                "the fast engine does not follow redirects; use the aiohttp engine "
-                "(engines.choose_engine picks it when a request follows redirects)"
-            )
         origin = request.endpoint.origin  # one pool per server, whatever the path prefix
         pool = self._pools.get(origin)
         if pool is None:

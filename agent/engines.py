@@ -1,10 +1,8 @@
 """Choosing and making the agent's HTTP engine.
 
 "fast" (raw uvloop transports + httptools, see `engine_fast`) is the default:
-it costs a fraction of aiohttp's CPU per request. It keeps cookies but does not
-follow redirects, so a scenario that needs redirects runs on "aiohttp"; asking
-for "fast" explicitly then falls back with a note for the user, rather than
-running a scenario whose redirects silently do nothing.
+it costs a fraction of aiohttp's CPU per request, and does what the scenarios
+ask of aiohttp (cookies, redirects). "aiohttp" runs when a scenario asks for it.
 """
 
 from __future__ import annotations
@@ -20,26 +18,16 @@ ENGINES: Final = ("fast", "aiohttp")
 DEFAULT_ENGINE: Final = "fast"
 
 
-def choose_engine(requested: str | None, needs_redirects: bool) -> tuple[str, str | None]:
-    """The engine to run, and a note for the user when it is not the one requested.
-
-    `requested` is the user's choice (None or "auto": let loadctl pick).
-    Raises ValueError for an unknown engine name.
-    """
-    if requested is not None and requested != "auto" and requested not in ENGINES:
+def choose_engine(requested: str | None) -> str:
+    """The engine to run: `requested` (None or "auto": let loadctl pick, the fast one).
+    Raises ValueError for an unknown engine name."""
+    if requested is None or requested == "auto":
+        return DEFAULT_ENGINE
+    if requested not in ENGINES:
         raise ValueError(
             f"unknown HTTP engine {requested!r}: choose one of {', '.join(ENGINES)} (or auto)"
         )
-    if requested == "aiohttp":
-        return "aiohttp", None
-    if not needs_redirects:
-        return DEFAULT_ENGINE, None
-    if requested == "fast":
-        return "aiohttp", (
-            "the fast engine does not follow redirects, which this scenario uses: "
-            "running on the aiohttp engine instead (more CPU per request)"
-        )
-    return "aiohttp", None
+    return requested
 
 
 def make_client(

@@ -98,6 +98,7 @@ class Prepared:
 
     __slots__ = (
         "big_body",
+        "follow",
         "head_len",
         "idempotent",
         "is_head",
@@ -105,6 +106,7 @@ class Prepared:
         "method",
         "pool",
         "request",
+        "source",
         "target",
         "want_body",
         "wire",
@@ -112,6 +114,8 @@ class Prepared:
 
     def __init__(self, request: HttpRequest, pool: Pool) -> None:
         self.request: HttpRequest | None = request  # None: made by `with_path`
+        self.source = request  # what a variant was made from, but for its path
+        self.follow = request.follow_redirects
         head = serialise_head(request)
         self.line_end = head.index(b"\r\n") + 2  # the header block follows
         self.head_len = len(head)
@@ -151,6 +155,8 @@ class Prepared:
     def _variant(self, wire: bytes, line_end: int, head_len: int, target: str) -> Prepared:
         other = Prepared.__new__(Prepared)
         other.request = None
+        other.source = self.source
+        other.follow = self.follow
         other.wire = wire
         other.line_end = line_end
         other.head_len = head_len
@@ -354,7 +360,8 @@ class Conn(_ConnCore, asyncio.Protocol):
         self.head = None
         self.headers_done = False
         self.is_head = prepared.is_head
-        if prepared.want_body or self.owner.cookies is not None:  # Set-Cookie is a header
+        if prepared.want_body or prepared.follow or self.owner.cookies is not None:
+            # the reply's headers are read: Location, Set-Cookie
             self.want = True
             collector = self.collector
             if collector is None:

@@ -195,11 +195,6 @@ class FlowUser:
     ) -> Response:
         if not path.startswith("/"):
             raise ValueError(f"path must start with '/': {path!r}")
-        if follow_redirects and self._runner.engine == "fast":
-            raise ValueError(
-                "follow_redirects needs the aiohttp engine: set defaults: {engine: aiohttp} "
-                "in the scenario"
-            )
         hdrs = [(str(k), str(v)) for k, v in (headers or {}).items()]
         body = b""
         if json is not None:

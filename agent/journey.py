@@ -357,7 +357,3 @@ def needs_body(spec: RequestSpec) -> bool:
 def initial_vars(scenario: Scenario) -> dict[str, Any]:
     """The scenario's `variables`: every user starts with them."""
     return parse_variables(scenario.source.get("variables"))
-
-
-def needs_redirects(scenario: Scenario) -> bool:
-    return any(r.follow_redirects for r in scenario.requests)

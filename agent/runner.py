@@ -22,7 +22,6 @@ from typing import Any
 
 from loadctl.agent.engines import choose_engine, make_client
 from loadctl.agent.http import HttpClient
-from loadctl.agent.journey import needs_redirects
 from loadctl.agent.open_model import run_open_phase
 from loadctl.agent.recorder import Recorder
 from loadctl.agent.requests import prepare
@@ -60,10 +59,9 @@ class Runner:
         self.recorder = Recorder()
         self.sender = Sender(self.recorder, self.scenario.defaults.timeout)
         self.requests = prepare(self.scenario)
-        self.engine, self.engine_note = choose_engine(
-            None if self.scenario.defaults.engine == "auto" else self.scenario.defaults.engine,
-            needs_redirects=needs_redirects(self.scenario),
-        )
+        self.engine = choose_engine(self.scenario.defaults.engine)
+        # Done carries a note on the engine; none since the fast engine does everything
+        self.engine_note: str | None = None
         self._client: HttpClient | None = None
         self.phases: list[PhaseState] = []
         self.end_at = math.inf  # run time; a plan update may bring it forward

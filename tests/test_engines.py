@@ -30,7 +30,7 @@ import uvloop
 from aiohttp import web
 
 from loadctl.agent.engine_fast import Exchange, FastClient, serialise_request
-from loadctl.agent.engines import ENGINES, choose_engine, make_client
+from loadctl.agent.engines import ENGINES, make_client
 from loadctl.agent.fast_conn import BIG_BODY, Pool, Prepared
 from loadctl.agent.http import (
     ConnectFailed,
@@ -129,6 +129,28 @@ def _app(peers: dict[str, set[int]], requests: dict[str, int]) -> web.Applicatio
     async def redirect(request: web.Request) -> web.Response:
         raise web.HTTPFound("/bytes/10")
 
+    async def hops(request: web.Request) -> web.Response:
+        """/hops/N redirects N times (relative, absolute, then to another origin
+        by name), then lands on /echo; /hops/loop never ends; /hops/none has no
+        Location; /hops/CODE-N answers CODE for N hops."""
+        which = request.match_info["which"]
+        host = request.headers.get("Host", "")
+        if which == "loop":
+            raise web.HTTPFound("/hops/loop")
+        if which == "none":
+            return web.Response(status=302, body=b"nowhere")
+        code, _, left = which.rpartition("-")
+        n = int(left)
+        if n == 0:
+            raise web.HTTPTemporaryRedirect("/echo")  # 307: the method and body go on
+        nxt = f"/hops/{code + '-' if code else ''}{n - 1}"
+        if n % 3 == 2:
+            nxt = f"http://{host}{nxt}"  # absolute
+        elif n % 3 == 1 and host.startswith("127.0.0.1"):
+            nxt = f"http://localhost:{host.rpartition(':')[2]}{nxt}"  # another origin
+        status = int(code) if code else 302
+        return web.Response(status=status, headers={"Location": nxt})
+
     app = web.Application(middlewares=[count], client_max_size=8 << 20)
     app.router.add_route("*", "/echo", echo)
     app.router.add_get("/status/{code}", status)
@@ -139,6 +161,7 @@ def _app(peers: dict[str, set[int]], requests: dict[str, int]) -> web.Applicatio
     app.router.add_get("/cookie/set/{value}", set_cookie)
     app.router.add_get("/cookie/get", get_cookie)
     app.router.add_get("/redirect", redirect)
+    app.router.add_route("*", "/hops/{which}", hops)
     return app
 
 
@@ -826,7 +849,8 @@ def test_a_cookie_and_the_requests_own_cookie_header_go_as_one_header(servers: S
     assert echoed["cookie"] == "other=1; session=abc"
 
 
-def test_aiohttp_follows_redirects(servers: Servers) -> None:
+@every_path
+def test_redirects_are_followed_when_asked(servers: Servers, engine: str) -> None:
     async def body(client: HttpClient) -> tuple[Reply, Reply]:
         followed = await client.send(
             HttpRequest(servers.http, "GET", "/redirect", want_body=True, follow_redirects=True), 5
@@ -834,19 +858,63 @@ def test_aiohttp_follows_redirects(servers: Servers) -> None:
         not_followed = await client.send(HttpRequest(servers.http, "GET", "/redirect"), 5)
         return followed, not_followed
 
-    followed, not_followed = with_client("aiohttp", body)
+    followed, not_followed = with_client(engine, body)
     assert followed.status == 200 and followed.body == payload(10)
     assert not_followed.status == 302
 
 
-def test_fast_engine_refuses_redirects_loudly(servers: Servers) -> None:
-    async def body(client: HttpClient) -> None:
-        with pytest.raises(SendError, match="redirects"):
-            await client.send(
-                HttpRequest(servers.http, "GET", "/redirect", follow_redirects=True), 5
-            )
+@every_path
+@pytest.mark.parametrize(
+    ("method", "code", "lands_as", "kept"),
+    [
+        ("GET", "", "GET", True),
+        ("POST", "", "GET", False),
+        ("POST", "303", "GET", False),
+        ("POST", "308", "POST", True),
+    ],
+)
+def test_a_chain_of_redirects_by_aiohttps_rules(
+    servers: Servers, engine: str, method: str, code: str, lands_as: str, kept: bool
+) -> None:
+    """Four hops (relative, absolute, to another origin) then a 307 to /echo: a POST
+    becomes a GET at a 302 or 303 and loses its body, stays a POST with its body at
+    a 308 (and the 307), a GET keeps what it had; Authorization does not reach the
+    other origin."""
+    path = f"/hops/{code + '-' if code else ''}4"
+    headers = (("Authorization", "Bearer t"), ("X-Keep", "1"))
+    request = HttpRequest(
+        servers.http, method, path, headers, b"payload", want_body=True, follow_redirects=True
+    )
 
-    with_client("fast", body)
+    async def body(client: HttpClient) -> Reply:
+        return await client.send(request, 5)
+
+    reply = with_client(engine, body)
+    assert reply.status == 200
+    assert header(reply, "X-Method") == lands_as
+    assert reply.body == (b"payload" if kept else b"")
+    echoed = json.loads(header(reply, "X-Headers") or "{}")
+    assert echoed["x-keep"] == "1" and "authorization" not in echoed
+    assert echoed["host"].startswith("localhost:")  # it went to the other origin
+
+
+@every_path
+def test_redirects_without_end_or_location(servers: Servers, engine: str) -> None:
+    async def body(client: HttpClient) -> tuple[Reply, str]:
+        nowhere = await client.send(
+            HttpRequest(servers.http, "GET", "/hops/none", follow_redirects=True), 5
+        )
+        try:
+            await client.send(
+                HttpRequest(servers.http, "GET", "/hops/loop", follow_redirects=True), 5
+            )
+        except SendError as exc:
+            return nowhere, str(exc)
+        return nowhere, ""
+
+    nowhere, loop_error = with_client(engine, body)
+    assert nowhere.status == 302  # a redirect without a Location is the reply
+    assert "redirect" in loop_error.lower()
 
 
 def test_fast_timed_out_connection_is_not_reused(servers: Servers) -> None:
@@ -886,17 +954,7 @@ def test_fast_request_serialisation() -> None:
 # -- choosing and making engines -----------------------------------------------
 
 
-def test_choose_engine() -> None:
-    assert choose_engine(None, False) == ("fast", None)
-    assert choose_engine("auto", False) == ("fast", None)
-    assert choose_engine("fast", False) == ("fast", None)
-    assert choose_engine("aiohttp", False) == ("aiohttp", None)
-    assert choose_engine(None, True) == ("aiohttp", None)
-    assert choose_engine("aiohttp", True) == ("aiohttp", None)
-    engine, note = choose_engine("fast", True)
-    assert engine == "aiohttp" and note is not None and "redirects" in note
-    with pytest.raises(ValueError, match="unknown HTTP engine"):
-        choose_engine("curl", False)
+def test_make_client_refuses_an_unknown_engine() -> None:
     with pytest.raises(ValueError, match="unknown HTTP engine"):
         make_client("curl", 4)
 

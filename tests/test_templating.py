@@ -353,19 +353,14 @@ def test_endpoint_of_a_step() -> None:
     assert isinstance(built, HttpRequest) and built.endpoint == Endpoint.parse(TARGET)
 
 
-def test_redirects_choose_the_aiohttp_engine_cookies_do_not() -> None:
+def test_the_engine_is_the_fast_one_unless_asked_for() -> None:
     from loadctl.agent.engines import choose_engine
-    from loadctl.agent.journey import needs_redirects
 
-    plain = scenario({"path": "/a"})
-    assert not needs_redirects(plain)
-    assert choose_engine(None, needs_redirects(plain))[0] == "fast"
-    phases = [{"executor": "constant-users", "users": 1, "duration": "1s", "cookies": True}]
-    jar = scenario({"path": "/a"}, phases=phases)
-    assert choose_engine(None, needs_redirects(jar))[0] == "fast"  # the fast engine keeps them
-    redirects = scenario({"path": "/a", "follow_redirects": True})
-    assert needs_redirects(redirects)
-    assert choose_engine("fast", needs_redirects(redirects))[0] == "aiohttp"
+    for requested in (None, "auto", "fast"):
+        assert choose_engine(requested) == "fast"  # cookies and redirects included
+    assert choose_engine("aiohttp") == "aiohttp"
+    with pytest.raises(ValueError, match="unknown HTTP engine"):
+        choose_engine("curl")
 
 
 def test_the_example_journey_loads() -> None:
