@@ -5,12 +5,12 @@
  * functions in the agent (the connection's data_received and parser callbacks,
  * the pool, the user's record, the dead-man check, the next send), ~0.7 µs each
  * on this project's VMs: 1.7x wrk's CPU per request, where a bare uvloop Protocol
- * client with no measurement is 1.1-1.3x. Here the commonest heavy load, a user
- * that sends one static request again and again with no think time and nothing
- * to check in the reply, runs in C: the connection's `data_received` frames the
- * reply, records it and writes the next request. "Static request" is a cycle of
- * them, in fact: the steps of a sequence, or one period of a mix's picks, each
- * with its own series and timeout, all to one server (one connection carries them).
+ * client with no measurement is 1.1-1.3x. Here the commonest heavy load runs in
+ * C: a user that sends static requests again and again (a cycle: one request, the
+ * steps of a sequence, or one period of a mix's picks, each with its own series and
+ * timeout, all to one server) with no think time and nothing to check in the
+ * replies. The connection's `data_received` frames the reply, records it and
+ * writes the cycle's next request.
  *
  * What makes that safe is that the lane only ever takes the easy case and hands
  * everything else back, unchanged, to the Python path that existed before it:
@@ -19,12 +19,11 @@
  *   and is in a strict subset of HTTP/1.1 (`parse_head`): "HTTP/1.1 NNN reason",
  *   status 200-599, well-formed header lines, one Content-Length (or none on a
  *   204/304), no Transfer-Encoding, Upgrade or Proxy-Connection, and Connection
- *   tokens it knows.
- *   Anything else, valid or not, is "bail": the bytes go to the connection's
- *   Python `_data_received` and llhttp judges them as it always did. So the lane
- *   can only differ from llhttp on heads it accepts, and tests/test_lane_head.py
- *   checks on thousands of generated and damaged heads that llhttp then agrees
- *   (status, keep-alive, where the message ends).
+ *   tokens it knows. Anything else, valid or not, is "bail": the bytes go to the
+ *   connection's Python `_data_received` and llhttp judges them as it always did.
+ *   So the lane can only differ from llhttp on heads it accepts, and
+ *   tests/test_lane_head.py checks on thousands of generated and damaged heads
+ *   that llhttp then agrees (status, keep-alive, where the message ends).
  * - Users: the lane sends the next request only while its `enabled` flag is set
  *   (cleared when the user stops or the run aborts), before `until` (the end of
  *   the recorder's interval, or the dead-man deadline if that is sooner), when
