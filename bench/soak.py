@@ -10,8 +10,13 @@
 # to the sparse wire form a few intervals after it ends), so it grows by that much;
 # the number of intervals is printed. Agents must stay flat.
 #
+# `--users N` runs N closed-loop users with no think time instead (as fast as the
+# target answers: on the fast engine their static requests take the compiled lane,
+# agent/_lane.c, whose records must stay flat too).
+#
 #   python bench/soak.py                 # 10 minutes
 #   python bench/soak.py --minutes 3 --rate 300
+#   python bench/soak.py --minutes 3 --users 16
 from __future__ import annotations
 
 import argparse
@@ -54,8 +59,13 @@ def start_target() -> tuple[subprocess.Popen[str], str]:
     raise SystemExit("soak: the demo target did not start")
 
 
-def scenario(url: str, rate: float, seconds: int) -> str:
+def scenario(url: str, rate: float, seconds: int, users: int = 0) -> str:
     # JSON is YAML: no YAML writer needed
+    phase: dict[str, object] = (
+        {"name": "steady", "executor": "constant-users", "users": users, "duration": seconds}
+        if users
+        else {"name": "steady", "executor": "constant-rate", "rate": rate, "duration": seconds}
+    )
     return json.dumps(
         {
             "name": "soak",
@@ -65,9 +75,7 @@ def scenario(url: str, rate: float, seconds: int) -> str:
                 {"name": "item", "path": "/api/inventory/items/7", "weight": 4},
                 {"name": "stats", "path": "/api/inventory/stats", "weight": 1},
             ],
-            "phases": [
-                {"name": "steady", "executor": "constant-rate", "rate": rate, "duration": seconds}
-            ],
+            "phases": [phase],
         }
     )
 
@@ -94,15 +102,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="memory of a long steady run")
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--rate", type=float, default=300.0, help="requests per second")
+    parser.add_argument(
+        "--users", type=int, default=0, help="closed-loop users with no think time, not a rate"
+    )
     args = parser.parse_args()
     seconds = round(args.minutes * 60)
     target, url = start_target()
     tmp = tempfile.TemporaryDirectory(prefix="loadctl-soak-")
     path = Path(tmp.name) / "soak.yaml"
-    path.write_text(scenario(url, args.rate, seconds))
+    path.write_text(scenario(url, args.rate, seconds, args.users))
     out_dir = Path(tmp.name) / "out"
+    load = f"{args.users} users" if args.users else f"{args.rate:g} RPS"
     print(
-        f"soak: {args.rate:g} RPS for {seconds} s against {url}, 2 agents; "
+        f"soak: {load} for {seconds} s against {url}, 2 agents; "
         f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}",
         flush=True,
     )
@@ -160,9 +172,11 @@ def main() -> None:
     if result_path.exists():
         result = json.loads(result_path.read_text())
         totals = result["totals"]
-        expected = round(args.rate * seconds)
+        expected = f"rate x duration = {round(args.rate * seconds):,}"
+        if args.users:
+            expected = f"{args.users} users as fast as the target answers"
         print(
-            f"  requests {totals['requests']:,} (rate x duration = {expected:,}), "
+            f"  requests {totals['requests']:,} ({expected}), "
             f"p99 {totals['latency_ms'].get('p99', 0):.2f} ms; timeline of "
             f"{len(result.get('timeline', []))} intervals"
         )
