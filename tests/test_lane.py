@@ -368,7 +368,9 @@ def test_an_abort_stops_the_lanes_at_once(server: Server, drain: float) -> None:
     assert_recorded_once(out)
     assert set(out.outcomes) <= {"2xx", "cancelled"}
     assert out.outcomes["2xx"] == len(out.seen) - out.outcomes["cancelled"]
-    late = [t - out.aborted_at for t in out.seen if t > out.aborted_at + 0.02]
+    # the server's thread may read a request sent just before the abort a little later;
+    # a lane that went on would send for another second and more
+    late = [t - out.aborted_at for t in out.seen if t > out.aborted_at + 0.1]
     assert not late, late
 
 
@@ -378,5 +380,5 @@ def test_the_dead_man_switch_stops_the_lanes_at_its_time(server: Server) -> None
     out = run(server, "/plain", duration=3.0, interval=2.0, dead_at=0.5)
     assert_recorded_once(out)
     last = max(out.seen) - out.t0
-    assert 0.4 < last < 0.5 + 0.02, last
+    assert 0.4 < last < 0.5 + 0.1, last  # a lane that went on: ~2 s
     assert out.outcomes["2xx"] == len(out.seen) - out.outcomes["cancelled"]
