@@ -182,7 +182,9 @@ class FastClient:
     `limit`); a request that finds none free waits for one within its timeout.
     The timeout covers the whole request: waiting for a connection, connecting
     (and the TLS handshake), sending, and reading the whole reply; on expiry
-    the connection in use is closed, never reused. `ssl_context` is used for
+    the connection in use is closed, never reused (a redirect's whole chain
+    included). `cookies=True` gives the client a cookie jar of its own (one
+    client per user: each user its own cookies). `ssl_context` is used for
     https endpoints (default: the system's verifying context). Must be used
     from one event loop, the one running at the first `send`.
     """
