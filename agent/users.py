@@ -131,7 +131,7 @@ async def run_user_phase(runner: Runner, state: PhaseState) -> None:
     def start_user(u: int) -> None:
         user = _User(u)
         if driven:
-            client = runner.new_client(1, phase.cookies) if own else runner.shared_client()
+            client = runner.new_client(1, cookies=phase.cookies) if own else runner.shared_client()
             assert mix is not None and isinstance(client, FastClient)
             me = _user_state(runner, kit, phase, u)
             pause = functools.partial(think_seconds, phase.think, me.rng)
