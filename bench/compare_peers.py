@@ -29,6 +29,8 @@ Protocol per connection parsing with httptools and writing the next request
 from its parser callback, no loadctl code and no measurement (`engine_bench.
 _floor_loop`); it shows how close to wrk any Python agent can get here.
 `--bare` adds rows for the engines alone (no scheduler, no recorder).
+`--engines fast,fast-nolane` measures the fast engine with and without its
+compiled lane (agent/_lane.c) in the same rounds.
 A missing wrk or hey is reported and skipped (no ratios without wrk).
 
 Prints figures only; nothing here asserts. All load goes to 127.0.0.1 and

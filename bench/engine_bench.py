@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 NGINX = "/usr/sbin/nginx"
+NO_LANE = "-nolane"  # an engine name's suffix: the same engine, compiled lane off
 WRK = "/usr/bin/wrk"
 TARGETS = {"fast_cpu_ratio_to_wrk": 1.2, "aiohttp_us_per_request": 60.0}
 
@@ -373,14 +374,22 @@ def run_engine(
     bare: bool = False,
     journey: bool = False,
 ) -> Run:
-    """One measured run of a loadctl engine, in a fresh Python process pinned to core 0."""
+    """One measured run of a loadctl engine, in a fresh Python process pinned to core 0.
+    `ENGINE-nolane` is ENGINE with the compiled extensions off (LOADCTL_NO_KERNEL=1): the
+    fast engine without its lane, to compare the two in the same rounds."""
+    env = None
+    if engine.endswith(NO_LANE):
+        engine = engine.removesuffix(NO_LANE)
+        env = {**os.environ, "LOADCTL_NO_KERNEL": "1"}
     cmd = [*pin(0), sys.executable, os.path.abspath(__file__), "--worker", engine, "--url", url]
     cmd += ["--duration", str(duration), "--concurrency", str(concurrency)]
     if bare:
         cmd.append("--bare")
     if journey:
         cmd.append("--journey")
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=duration + 60)
+    out = subprocess.run(
+        cmd, check=True, capture_output=True, text=True, timeout=duration + 60, env=env
+    )
     data = json.loads(out.stdout.strip().splitlines()[-1])
     return Run(int(data["requests"]), int(data["errors"]), data["wall"], data["user"], data["sys"])
 
