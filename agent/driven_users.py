@@ -156,8 +156,6 @@ class DrivenUser(Exchange):
         mix's picks (`_lane_pos` says where the user is in it)."""
         if LANE is None or feeder is not None or self.pause is not None or self.judged:
             return None
-        if self.fast_client.cookies is not None:  # each request with the jar's cookies
-            return None
         mix = self.mix
         if self.sequence:
             names = [s.name for s in mix.specs]
@@ -169,8 +167,8 @@ class DrivenUser(Exchange):
         pool = prepared[0].pool if prepared[0] is not None else None
         cycle = []
         for name, ready in zip(names, prepared, strict=True):
-            if ready is None or ready.want_body or ready.follow or ready.is_head:
-                return None  # templated, or read
+            if ready is None or ready.reads or ready.is_head:
+                return None  # templated, or its reply is read (checks, redirects, cookies)
             if ready.big_body:
                 return None  # not one write
             if ready.pool is not pool:

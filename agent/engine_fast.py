@@ -82,7 +82,7 @@ class Exchange:
     on it at once) and `replied` runs in the same call, with no future, `Reply` or
     task. A `Stale` connection is resent once as `send` would, in a task (rare: the
     server dropped an idle keep-alive connection), as is a request that found no
-    idle connection. A request that wants the body (`want_body`) ends in
+    idle connection. A request whose reply is read (`Prepared.reads`) ends in
     `replied_with`, which gets the whole `Reply`, its headers and body; so do the
     rare replies completed another way (HEAD, a body that ends at EOF, a resend).
     By default `replied_with` calls `replied`."""
@@ -116,7 +116,7 @@ class Exchange:
         self.replied(status, nbytes)
 
     def set_result(self, reply: Reply) -> None:
-        """The whole reply (a `want_body` request, or one completed off the hot path)."""
+        """The whole reply (one that is read, or one completed off the hot path)."""
         self.ended = True
         client = self.client
         client.settle(self.conn)
@@ -230,7 +230,7 @@ class FastClient:
 
     async def send(self, request: HttpRequest, timeout: float) -> Reply:
         prepared = self._prepared.get(id(request))
-        if prepared is None or prepared.request is not request:
+        if prepared is None or prepared.source is not request:
             prepared = self._prepare(request)
         return await self._send_prepared(prepared, timeout)
 
@@ -275,7 +275,7 @@ class FastClient:
         """`request` made ready for `send_soon` (raises SendError if it cannot be sent);
         kept for the next time unless `keep` is False (a request built for one send)."""
         prepared = self._prepared.get(id(request))
-        if prepared is None or prepared.request is not request:
+        if prepared is None or prepared.source is not request:
             prepared = self._prepare(request, keep)
         return prepared
 
@@ -408,7 +408,7 @@ class FastClient:
             if origin.tls and context is None:
                 context = self._ssl_context = ssl.create_default_context()
             pool = self._pools[origin] = Pool(origin, context)
-        prepared = Prepared(request, pool)
+        prepared = Prepared(request, pool, cookies=self.cookies is not None)
         if prepared.big_body or not keep:
             return prepared  # a cache of big bodies would hold on to them
         if len(self._prepared) >= _PREPARED_MAX:

@@ -7,7 +7,8 @@ future `FastClient.send` awaits, or an `Exchange` that runs the caller's callbac
 at once (`FastClient.send_soon`). The connection is
 also the callbacks object of its "lean" parser, which has no header or body
 callbacks, so header and body bytes never become Python objects; requests
-with `want_body` use a second parser whose callbacks (`Collector`) keep them.
+whose reply is read (`Prepared.reads`: `want_body`, a redirect to follow, cookies
+to keep) use a second parser whose callbacks (`Collector`) keep them.
 """
 
 from __future__ import annotations
@@ -105,17 +106,18 @@ class Prepared:
         "line_end",
         "method",
         "pool",
-        "request",
+        "reads",
         "source",
         "target",
-        "want_body",
         "wire",
     )
 
-    def __init__(self, request: HttpRequest, pool: Pool) -> None:
-        self.request: HttpRequest | None = request  # None: made by `with_path`
-        self.source = request  # what a variant was made from, but for its path
+    def __init__(self, request: HttpRequest, pool: Pool, cookies: bool = False) -> None:
+        self.source = request  # a variant's too (`with_path`, `with_cookie`): not its path
         self.follow = request.follow_redirects
+        # the reply's headers and body are collected: read by a check, or for its
+        # Location, or for its Set-Cookie (`cookies`: the client keeps them)
+        self.reads = request.want_body or self.follow or cookies
         head = serialise_head(request)
         self.line_end = head.index(b"\r\n") + 2  # the header block follows
         self.head_len = len(head)
@@ -129,7 +131,6 @@ class Prepared:
         self.pool = pool
         self.is_head = method == "HEAD"
         self.idempotent = method in IDEMPOTENT_METHODS
-        self.want_body = request.want_body
 
     @property
     def url(self) -> str:
@@ -139,9 +140,7 @@ class Prepared:
         """The same request with another path: its head is that path's request line and
         the header block already serialised (what `serialise_head` would give for a
         request that differs in its path alone). Not cached by the client."""
-        request = self.request
-        assert request is not None, "with_path on a request made by with_path"
-        target = request.endpoint.join(path)
+        target = self.source.endpoint.join(path)
         line = request_line(self.method, target)
         head_len = self.head_len - self.line_end + len(line)
         return self._variant(line + self.wire[self.line_end :], len(line), head_len, target)
@@ -154,7 +153,6 @@ class Prepared:
 
     def _variant(self, wire: bytes, line_end: int, head_len: int, target: str) -> Prepared:
         other = Prepared.__new__(Prepared)
-        other.request = None
         other.source = self.source
         other.follow = self.follow
         other.wire = wire
@@ -166,12 +164,12 @@ class Prepared:
         other.pool = self.pool
         other.is_head = self.is_head
         other.idempotent = self.idempotent
-        other.want_body = self.want_body
+        other.reads = self.reads
         return other
 
 
 class Collector:
-    """Parser callbacks that keep headers and body (requests with `want_body`)."""
+    """Parser callbacks that keep headers and body (requests whose reply is read)."""
 
     __slots__ = ("chunks", "conn", "headers")
 
@@ -360,8 +358,7 @@ class Conn(_ConnCore, asyncio.Protocol):
         self.head = None
         self.headers_done = False
         self.is_head = prepared.is_head
-        if prepared.want_body or prepared.follow or self.owner.cookies is not None:
-            # the reply's headers are read: Location, Set-Cookie
+        if prepared.reads:
             self.want = True
             collector = self.collector
             if collector is None:

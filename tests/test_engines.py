@@ -975,9 +975,15 @@ def test_a_new_path_on_a_prepared_request_is_what_a_whole_preparation_gives(
     whole = Prepared(dataclasses.replace(static, path=path), pool)
     assert (swapped.wire, swapped.big_body) == (whole.wire, whole.big_body)
     assert swapped.wire.startswith(b"POST /base/") or path in ("", "no-slash")
-    assert (swapped.is_head, swapped.idempotent, swapped.want_body, swapped.pool) == (
+    assert (swapped.is_head, swapped.idempotent, swapped.reads, swapped.pool) == (
         whole.is_head,
         whole.idempotent,
-        whole.want_body,
+        whole.reads,
         whole.pool,
+    )
+    assert (swapped.line_end, swapped.head_len, swapped.target, swapped.url) == (
+        whole.line_end,
+        whole.head_len,
+        whole.target,
+        whole.url,
     )
