@@ -501,13 +501,14 @@ static PyObject *complete(ConnCore *self, int keep) {
     double end = now();
     self->served++;
     int status = self->status;
-    Py_ssize_t waiting = 0;
-    if (keep && lane->enabled && end < lane->until) {
-        if (lane->waiters == NULL || lane->driver == NULL) keep = 0; /* cleared: never */
-        else waiting = PyObject_Length(lane->waiters);
+    int go = keep && lane->enabled && end < lane->until && self->writer != NULL &&
+             lane->waiters != NULL; /* NULL: cleared by the garbage collector */
+    if (go) {
+        Py_ssize_t waiting = PyObject_Length(lane->waiters);
         if (waiting < 0) return NULL;
+        go = waiting == 0;
     }
-    if (keep && lane->enabled && end < lane->until && waiting == 0 && self->writer != NULL) {
+    if (go) {
         Record *r = &lane->records[lane->series[lane->pos]];
         if (record_keep(r, end - lane->sent) < 0) return NULL;
         r->counts[status / 100 - 2]++;
