@@ -28,6 +28,11 @@ A row "Python floor" is the cheapest Python client there is: a bare uvloop
 Protocol per connection parsing with httptools and writing the next request
 from its parser callback, no loadctl code and no measurement (`engine_bench.
 _floor_loop`); it shows how close to wrk any Python agent can get here.
+When the aiohttp engine is measured, a row "aiohttp floor" is aiohttp's own
+client at its plainest: 64 coroutines on one default `ClientSession` calling
+`session.get` and reading the body, no loadctl code and no measurement
+(`engine_bench._aiohttp_floor_loop`); no engine built on aiohttp can cost
+less, so the aiohttp engine is judged against it too.
 `--bare` adds rows for the engines alone (no scheduler, no recorder).
 `--engines fast,fast-nolane` measures the fast engine with and without its
 compiled lane (agent/_lane.c) in the same rounds.
@@ -113,6 +118,10 @@ def tools_for(args: argparse.Namespace) -> list[Tool]:
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     tools += [engine_tool(e, bare=False) for e in engines]
     tools.append(Tool("Python floor", lambda url, d, c: eb.run_engine("floor", url, d, c)))
+    if "aiohttp" in engines:
+        tools.append(
+            Tool("aiohttp floor", lambda url, d, c: eb.run_engine("aiohttp-floor", url, d, c))
+        )
     if args.bare:
         tools += [engine_tool(e, bare=True) for e in engines]
     return tools
@@ -218,6 +227,12 @@ def report(
             f"  aiohttp engine, full measurement: {value:.1f} µs CPU per request "
             f"(target ≤ {goal:g} µs): {verdict}"
         )
+        if "aiohttp floor" in runs:
+            print(
+                f"  (aiohttp floor, a plain ClientSession loop with no measurement: "
+                f"{us['aiohttp floor']:.1f} µs; the engine costs "
+                f"{value / us['aiohttp floor']:.2f} × that)"
+            )
     else:
         print(f"  aiohttp engine ≤ {goal:g} µs per request: not measured")
     end = os.getloadavg()

@@ -255,6 +255,8 @@ def worker_main(
 
     if engine == "floor":
         result = uvloop.run(_floor_loop(url, duration, concurrency))
+    elif engine == "aiohttp-floor":
+        result = uvloop.run(_aiohttp_floor_loop(url, duration, concurrency))
     elif bare:
         result = uvloop.run(_closed_loop(engine, url, duration, concurrency))
     else:
@@ -495,6 +497,37 @@ async def _floor_loop(url: str, duration: float, concurrency: int) -> dict[str, 
     for _ in range(concurrency):
         await loop.create_connection(Client, host, int(port))
     return await _measured_window(duration, counts, stop)
+
+
+async def _aiohttp_floor_loop(url: str, duration: float, concurrency: int) -> dict[str, float]:
+    """aiohttp's own floor: `concurrency` coroutines calling `session.get` and reading
+    the body on one plain `ClientSession` (its defaults, one pool of `concurrency`
+    connections). No loadctl code, no timeouts per request, no measurement: what the
+    issue measured as "aiohttp on uvloop", the cost below which no engine built on
+    aiohttp's client can go."""
+    import aiohttp
+
+    if url.split("/", 3)[2].rsplit(":", 1)[0] not in ("127.0.0.1", "localhost"):
+        raise SystemExit("the bench only sends load to 127.0.0.1")
+    counts = {"ok": 0, "errors": 0}
+    running = True
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency))
+
+    async def user() -> None:
+        while running:
+            async with session.get(url) as reply:
+                await reply.read()
+                counts["ok" if reply.status == 200 else "errors"] += 1
+
+    async def stop() -> None:
+        nonlocal running
+        running = False
+        await asyncio.gather(*users)
+
+    users = [asyncio.ensure_future(user()) for _ in range(concurrency)]
+    result = await _measured_window(duration, counts, stop)
+    await session.close()
+    return result
 
 
 def main() -> None:
