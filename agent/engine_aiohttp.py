@@ -221,8 +221,8 @@ class AiohttpClient:
         finally:
             resp.release()
         nbytes += _head_size(resp)
-        for earlier in resp.history:
-            nbytes += _head_size(earlier)
+        for earlier in resp.history:  # aiohttp let their bodies go unread: count their length
+            nbytes += _head_size(earlier) + (earlier.content_length or 0)
         reply.bytes_in = nbytes
         return reply
 

@@ -148,6 +148,10 @@ class HttpRequest:
 
 @dataclass(slots=True)
 class Reply:
+    """A reply; after redirects, the last one's. `bytes_in` counts every reply of the
+    chain, head and body (a chunked body of an earlier hop counts on the fast engine
+    only: aiohttp drops it unread)."""
+
     status: int
     bytes_in: int
     headers: list[tuple[str, str]] = field(default_factory=list)

@@ -861,6 +861,9 @@ def test_redirects_are_followed_when_asked(servers: Servers, engine: str) -> Non
     followed, not_followed = with_client(engine, body)
     assert followed.status == 200 and followed.body == payload(10)
     assert not_followed.status == 302
+    # Every reply of the chain counts, the redirect's body too, on both engines.
+    hops = wire_size(servers.http, "/redirect") + wire_size(servers.http, "/bytes/10")
+    assert followed.bytes_in == hops
 
 
 @every_path
