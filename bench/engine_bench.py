@@ -64,6 +64,25 @@ TARGETS = {"fast_cpu_ratio_to_wrk": 1.2, "aiohttp_us_per_request": 60.0}
 # -- the measured client (runs in its own process) -----------------------------
 
 
+class _Users:
+    """`concurrency` coroutines sending one request after another until measured."""
+
+    def __init__(self) -> None:
+        self.counts = {"ok": 0, "errors": 0}
+        self.running = True
+
+    async def measure(
+        self, user: Callable[[], Awaitable[None]], duration: float, concurrency: int
+    ) -> dict[str, float]:
+        tasks = [asyncio.ensure_future(user()) for _ in range(concurrency)]
+
+        async def stop() -> None:
+            self.running = False
+            await asyncio.gather(*tasks)
+
+        return await _measured_window(duration, self.counts, stop)
+
+
 async def _closed_loop(
     engine: str, url: str, duration: float, concurrency: int
 ) -> dict[str, float]:
@@ -76,29 +95,20 @@ async def _closed_loop(
         raise SystemExit("the bench only sends load to 127.0.0.1")
     request = HttpRequest(endpoint, "GET", "/" + (parts[3] if len(parts) > 3 else ""))
     client = make_client(engine, concurrency)
-    counts = {"ok": 0, "errors": 0}
-    running = True
+    users = _Users()
+    counts = users.counts
 
     async def user() -> None:
         send = client.send
-        while running:
+        while users.running:
             try:
                 reply = await send(request, 5.0)
             except SendError:
                 counts["errors"] += 1
             else:
-                if reply.status == 200:
-                    counts["ok"] += 1
-                else:
-                    counts["errors"] += 1
+                counts["ok" if reply.status == 200 else "errors"] += 1
 
-    async def stop() -> None:
-        nonlocal running
-        running = False
-        await asyncio.gather(*users)
-
-    users = [asyncio.ensure_future(user()) for _ in range(concurrency)]
-    result = await _measured_window(duration, counts, stop)
+    result = await users.measure(user, duration, concurrency)
     await client.close()
     return result
 
@@ -509,23 +519,17 @@ async def _aiohttp_floor_loop(url: str, duration: float, concurrency: int) -> di
 
     if url.split("/", 3)[2].rsplit(":", 1)[0] not in ("127.0.0.1", "localhost"):
         raise SystemExit("the bench only sends load to 127.0.0.1")
-    counts = {"ok": 0, "errors": 0}
-    running = True
+    users = _Users()
+    counts = users.counts
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency))
 
     async def user() -> None:
-        while running:
+        while users.running:
             async with session.get(url) as reply:
                 await reply.read()
                 counts["ok" if reply.status == 200 else "errors"] += 1
 
-    async def stop() -> None:
-        nonlocal running
-        running = False
-        await asyncio.gather(*users)
-
-    users = [asyncio.ensure_future(user()) for _ in range(concurrency)]
-    result = await _measured_window(duration, counts, stop)
+    result = await users.measure(user, duration, concurrency)
     await session.close()
     return result
 
