@@ -16,7 +16,8 @@ would be ~50x too large without the subtraction.
 Kernel time (the loopback write and read, most of a request's CPU) is not counted:
 this compares our code, not the system. Expect a few percent of run-to-run spread.
 
-    python bench/instructions.py [--clients floor,fast] [--short 3] [--long 8] [--journey]
+    python bench/instructions.py [--clients floor,fast,aiohttp,aiohttp-floor] [--short 3]
+        [--long 8] [--journey]
 
 `--journey` gives the agent's requests a templated query and a status check, as
 `engine_bench.py --journey` does.
@@ -39,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import engine_bench as eb  # the bench directory is not a package: found by sys.path
 
 IDLE_THINK = 1000.0  # seconds: each user sends one request, then thinks past the run
+FLOORS = ("floor", "aiohttp-floor")  # clients with no scenario and no per-second work
 
 
 def counted(
@@ -62,10 +64,10 @@ def per_request(
     url: str, client: str, short: float, long: float, journey: bool = False
 ) -> tuple[float, float]:
     """Instructions per request, and the per-second work subtracted from it."""
-    journey = journey and client != "floor"  # the floor has no scenario
+    journey = journey and client not in FLOORS
     (i0, n0), (i1, n1) = (counted(url, client, s, 0.0, journey) for s in (short, long))
     per_second = 0.0
-    if client != "floor":  # the floor does nothing but requests
+    if client not in FLOORS:  # a floor does nothing but requests
         (j0, _), (j1, _) = (counted(url, client, s, IDLE_THINK, journey) for s in (short, long))
         per_second = (j1 - j0) / (long - short)
     return (i1 - i0 - per_second * (long - short)) / (n1 - n0), per_second
@@ -73,7 +75,9 @@ def per_request(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clients", default="floor,fast", help="of floor, fast, aiohttp")
+    parser.add_argument(
+        "--clients", default="floor,fast", help="of floor, fast, aiohttp, aiohttp-floor"
+    )
     parser.add_argument("--short", type=float, default=3.0)
     parser.add_argument("--long", type=float, default=8.0)
     parser.add_argument("--journey", action="store_true", help="a templated query and a check")
@@ -89,14 +93,15 @@ def main() -> None:
                 url, client, args.short, args.long, args.journey
             )
             print(
-                f"  {client:<8} {figures[client]:>9,.0f} instructions per request"
+                f"  {client:<13} {figures[client]:>9,.0f} instructions per request"
                 f"  (per-second work subtracted: {per_second:,.0f})",
                 flush=True,
             )
-        if "floor" in figures:
-            print()
-            for client, n in figures.items():
-                print(f"  {client:<8} {n / figures['floor']:.2f} x the floor")
+        print()
+        for floor, of in (("floor", ("fast",)), ("aiohttp-floor", ("aiohttp",))):
+            for client in of:
+                if floor in figures and client in figures:
+                    print(f"  {client:<13} {figures[client] / figures[floor]:.2f} x {floor}")
 
 
 if __name__ == "__main__":
