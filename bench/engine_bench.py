@@ -511,10 +511,10 @@ async def _floor_loop(url: str, duration: float, concurrency: int) -> dict[str, 
 
 async def _aiohttp_floor_loop(url: str, duration: float, concurrency: int) -> dict[str, float]:
     """aiohttp's own floor: `concurrency` coroutines calling `session.get` and reading
-    the body on one plain `ClientSession` (its defaults, one pool of `concurrency`
-    connections). No loadctl code, no timeouts per request, no measurement: what the
-    issue measured as "aiohttp on uvloop", the cost below which no engine built on
-    aiohttp's client can go."""
+    the body on one plain `ClientSession` (its defaults: default headers, a cookie
+    jar, the session's 5-minute timeout; one pool of `concurrency` connections). No
+    loadctl code and no measurement: what the issue measured as "aiohttp on uvloop",
+    the cost below which no engine built on aiohttp's client can go."""
     import aiohttp
 
     if url.split("/", 3)[2].rsplit(":", 1)[0] not in ("127.0.0.1", "localhost"):
