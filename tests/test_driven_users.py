@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import uvloop
-from test_engines import Servers, servers  # noqa: F401  (servers: a fixture)
+from http_servers import Servers
 from test_journeys import LOGIN, users_csv
 
 from loadctl.agent.runner import Runner
@@ -317,7 +317,7 @@ def test_a_row_per_iteration_until_the_rows_run_out(engine: str, tmp_path: Path)
 
 
 @pytest.mark.parametrize("engine", ["fast", "aiohttp"])
-def test_each_user_keeps_its_own_cookies(engine: str, servers: Servers) -> None:  # noqa: F811
+def test_each_user_keeps_its_own_cookies(engine: str, servers: Servers) -> None:
     """`cookies: true`: a user's session cookie, set by its first request, comes back
     with its second (the server echoes it; the check wants this user's own)."""
     requests = [

@@ -2,9 +2,9 @@
 
 A real aiohttp.web server (plain and TLS) and a scripted raw TCP server (for
 replies aiohttp would never send: 1xx, EOF-delimited bodies, replies cut
-short, connections dropped before replying) run on a background thread; the
-clients run in uvloop in the test thread. Every load here is bounded and
-local.
+short, connections dropped before replying) run on a background thread
+(tests/http_servers.py); the clients run in uvloop in the test thread. Every
+load here is bounded and local.
 """
 
 from __future__ import annotations
@@ -12,22 +12,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import shutil
 import socket
 import ssl
-import struct
-import subprocess
-import threading
 import time
-from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
 import uvloop
-from aiohttp import web
+from http_servers import RAW_SEEN, Servers, payload
 
 from loadctl.agent.engine_fast import Exchange, FastClient, serialise_request
 from loadctl.agent.engines import ENGINES, make_client
@@ -46,235 +39,6 @@ from loadctl.agent.http import (
 from cluster import free_port
 
 T = TypeVar("T")
-
-
-def payload(n: int) -> bytes:
-    """n deterministic bytes."""
-    block = bytes(range(256))
-    return (block * (n // 256 + 1))[:n]
-
-
-# -- the servers -------------------------------------------------------------
-
-
-@dataclass
-class Servers:
-    http: Endpoint
-    https: Endpoint | None
-    https_ca: str | None
-    raw: Endpoint
-    # per X-Test header value: the client ports seen, and the request count
-    peers: dict[str, set[int]]
-    requests: dict[str, int]
-
-
-def _app(peers: dict[str, set[int]], requests: dict[str, int]) -> web.Application:
-    @web.middleware
-    async def count(
-        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        test = request.headers.get("X-Test")
-        if test is not None:
-            peer = request.transport.get_extra_info("peername") if request.transport else None
-            if peer is not None:
-                peers[test].add(peer[1])
-            requests[test] += 1
-        return await handler(request)
-
-    async def echo(request: web.Request) -> web.Response:
-        body = await request.read()
-        return web.Response(
-            body=body,
-            headers={
-                "X-Method": request.method,
-                "X-Path": request.path_qs,
-                "X-Headers": json.dumps({k.lower(): v for k, v in request.headers.items()}),
-            },
-        )
-
-    async def status(request: web.Request) -> web.Response:
-        code = int(request.match_info["code"])
-        return web.Response(status=code, body=None if code in (204, 304) else b"status")
-
-    async def sized(request: web.Request) -> web.Response:
-        return web.Response(body=payload(int(request.match_info["n"])))
-
-    async def chunked(request: web.Request) -> web.StreamResponse:
-        n = int(request.match_info["n"])
-        resp = web.StreamResponse()
-        await resp.prepare(request)
-        data = payload(n)
-        for i in range(0, n, 1000):
-            await resp.write(data[i : i + 1000])
-        await resp.write_eof()
-        return resp
-
-    async def close(request: web.Request) -> web.Response:
-        resp = web.Response(body=b"bye")
-        resp.force_close()  # "Connection: close", then the server closes
-        return resp
-
-    async def sleep(request: web.Request) -> web.Response:
-        await asyncio.sleep(float(request.match_info["seconds"]))
-        return web.Response(body=b"late")
-
-    async def set_cookie(request: web.Request) -> web.Response:
-        resp = web.Response(body=b"set")
-        resp.set_cookie("session", request.match_info["value"])
-        return resp
-
-    async def get_cookie(request: web.Request) -> web.Response:
-        return web.Response(text=request.cookies.get("session", "-"))
-
-    async def redirect(request: web.Request) -> web.Response:
-        raise web.HTTPFound("/bytes/10")
-
-    async def hops(request: web.Request) -> web.Response:
-        """/hops/N redirects N times (relative, absolute, then to another origin
-        by name), then lands on /echo; /hops/loop never ends; /hops/none has no
-        Location; /hops/CODE-N answers CODE for N hops."""
-        which = request.match_info["which"]
-        host = request.headers.get("Host", "")
-        if which == "loop":
-            raise web.HTTPFound("/hops/loop")
-        if which == "none":
-            return web.Response(status=302, body=b"nowhere")
-        code, _, left = which.rpartition("-")
-        n = int(left)
-        if n == 0:
-            raise web.HTTPTemporaryRedirect("/echo")  # 307: the method and body go on
-        nxt = f"/hops/{code + '-' if code else ''}{n - 1}"
-        if n % 3 == 2:
-            nxt = f"http://{host}{nxt}"  # absolute
-        elif n % 3 == 1 and host.startswith("127.0.0.1"):
-            nxt = f"http://localhost:{host.rpartition(':')[2]}{nxt}"  # another origin
-        status = int(code) if code else 302
-        return web.Response(status=status, headers={"Location": nxt})
-
-    app = web.Application(middlewares=[count], client_max_size=8 << 20)
-    app.router.add_route("*", "/echo", echo)
-    app.router.add_get("/status/{code}", status)
-    app.router.add_get("/bytes/{n}", sized)
-    app.router.add_get("/chunked/{n}", chunked)
-    app.router.add_get("/close", close)
-    app.router.add_get("/sleep/{seconds}", sleep)
-    app.router.add_get("/cookie/set/{value}", set_cookie)
-    app.router.add_get("/cookie/get", get_cookie)
-    app.router.add_get("/redirect", redirect)
-    app.router.add_route("*", "/hops/{which}", hops)
-    return app
-
-
-# Scripted replies for the raw server, by path. "drop-second" replies to the
-# first request of each connection and drops the connection at the second.
-RAW_REPLIES: dict[str, bytes] = {
-    "/continue": (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
-    "/eof": b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + payload(3000),
-    "/cut": b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + payload(10),
-    "/cut-chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n0123",
-    "/garbage": b"NOT HTTP AT ALL\r\n\r\n",
-    "/drop-second": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
-    "/idle-408": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
-}
-CLOSE_AFTER = {"/eof", "/cut", "/cut-chunked", "/garbage"}
-# Requests the raw server read, by path: a broken connection must not be resent
-# unless it was a kept-alive one (test_no_reply_on_a_fresh_connection_is_not_resent).
-RAW_SEEN: Counter[str] = Counter()
-
-
-async def _raw_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    served = 0
-    try:
-        while True:
-            try:
-                head = await reader.readuntil(b"\r\n\r\n")
-            except (asyncio.IncompleteReadError, ConnectionError):
-                return
-            lines = head.decode("latin-1").split("\r\n")
-            path = lines[0].split(" ")[1]
-            for line in lines[1:]:
-                name, _, value = line.partition(":")
-                if name.lower() == "content-length" and int(value):
-                    await reader.readexactly(int(value))
-            served += 1
-            RAW_SEEN[path] += 1
-            if path == "/reset":  # SO_LINGER 0: closing sends a TCP RST
-                sock = writer.get_extra_info("socket")
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                return
-            if path == "/noreply" or (path == "/drop-second" and served > 1):
-                return
-            writer.write(RAW_REPLIES[path])
-            await writer.drain()
-            if path in CLOSE_AFTER:
-                return
-            if path == "/idle-408":  # as nginx does to an idle keep-alive connection
-                await asyncio.sleep(0.05)
-                writer.write(b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n\r\n")
-                return
-    finally:
-        writer.close()
-
-
-def _make_cert(directory: Path) -> tuple[str, str] | None:
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        return None
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        [
-            *(openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
-            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"),
-            *("-addext", "subjectAltName=IP:127.0.0.1"),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return str(cert), str(key)
-
-
-@pytest.fixture(scope="module")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
-    peers: dict[str, set[int]] = defaultdict(set)
-    requests: dict[str, int] = defaultdict(int)
-    cert = _make_cert(tmp_path_factory.mktemp("tls"))
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    found: dict[str, Any] = {}
-    stop = asyncio.Event()
-
-    async def serve() -> None:
-        runner = web.AppRunner(_app(peers, requests), shutdown_timeout=0.1)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        found["http"] = runner.addresses[0][1]
-        if cert is not None:
-            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            context.load_cert_chain(*cert)
-            tls = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
-            await tls.start()
-            found["https"] = runner.addresses[1][1]
-        raw = await asyncio.start_server(_raw_conn, "127.0.0.1", 0)
-        found["raw"] = raw.sockets[0].getsockname()[1]
-        ready.set()
-        await stop.wait()
-        raw.close()
-        await runner.cleanup()
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
-    thread.start()
-    assert ready.wait(10), "test servers did not start"
-    yield Servers(
-        http=Endpoint("http", "127.0.0.1", found["http"]),
-        https=Endpoint("https", "127.0.0.1", found["https"]) if cert else None,
-        https_ca=cert[0] if cert else None,
-        raw=Endpoint("http", "127.0.0.1", found["raw"]),
-        peers=peers,
-        requests=requests,
-    )
-    loop.call_soon_threadsafe(stop.set)
-    thread.join(10)
 
 
 # -- helpers -----------------------------------------------------------------

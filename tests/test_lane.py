@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -26,8 +25,8 @@ from typing import Any
 import numpy as np
 import pytest
 import uvloop
+from http_servers import BackgroundLoop, make_cert, read_requests
 from table_kernel_required import lane_or_skip
-from test_engines import _make_cert
 
 from loadctl.agent._lane import Lane
 from loadctl.agent.runner import Runner
@@ -83,22 +82,14 @@ class Server:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     lane_or_skip()
-    cert = _make_cert(tmp_path_factory.mktemp("tls"))
-    loop = asyncio.new_event_loop()
+    cert = make_cert(tmp_path_factory.mktemp("tls"))
     found = Server(0)
-    ready = threading.Event()
-    stop = asyncio.Event()
 
     async def conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         served = 0
         try:
-            while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    return
+            async for path, _ in read_requests(reader):
                 found.seen.append(time.perf_counter())
-                path = head.split(b" ", 2)[1].decode()
                 found.paths[path] += 1
                 script = SCRIPTS[path]
                 served += 1
@@ -117,28 +108,26 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         finally:
             writer.close()
 
-    async def serve() -> None:
-        listener = await asyncio.start_server(conn, "127.0.0.1", 0)
-        found.port = listener.sockets[0].getsockname()[1]
-        tls = None
+    async def start() -> list[asyncio.Server]:
+        listeners = [await asyncio.start_server(conn, "127.0.0.1", 0)]
+        found.port = listeners[0].sockets[0].getsockname()[1]
         if cert is not None:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(*cert)
-            tls = await asyncio.start_server(conn, "127.0.0.1", 0, ssl=context)
-            found.tls_port = tls.sockets[0].getsockname()[1]
+            listeners.append(await asyncio.start_server(conn, "127.0.0.1", 0, ssl=context))
+            found.tls_port = listeners[1].sockets[0].getsockname()[1]
             found.ca = cert[0]
-        ready.set()
-        await stop.wait()
-        listener.close()
-        if tls is not None:
-            tls.close()
+        return listeners
 
-    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
-    thread.start()
-    assert ready.wait(10), "the scripted server did not start"
+    async def stop() -> None:
+        for listener in listeners:
+            listener.close()
+
+    background = BackgroundLoop()
+    listeners = background.call(start())
     yield found
-    loop.call_soon_threadsafe(stop.set)
-    thread.join(10)
+    background.call(stop())
+    background.close()
 
 
 @dataclass
