@@ -113,6 +113,22 @@ def cpu_warnings(agents: Iterable[dict[str, Any]]) -> list[str]:
     return out
 
 
+_REPLY_CLASSES = ("2xx", "3xx", "4xx", "5xx")
+
+
+def reply_warnings(totals: dict[str, Any], target: str) -> list[str]:
+    """A run in which requests were sent and not one got an HTTP reply measured the
+    network's refusals or silence, not the target: say so, with what to check."""
+    outcomes: dict[str, int] = totals.get("outcomes") or {}
+    if not totals.get("requests") or any(outcomes.get(c) for c in _REPLY_CLASSES):
+        return []
+    failed = ", ".join(f"{name} {n}" for name, n in sorted(outcomes.items()) if n)
+    return [
+        f"no request got a reply from {target} ({failed}): check that the target is up, "
+        "listens on that address and port, and that the agents' machines can reach it"
+    ]
+
+
 def build_result(run: Coordinator, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     duration = run_duration(run)
     measured = measured_seconds(run)
@@ -198,6 +214,7 @@ def build_result(run: Coordinator, extra: dict[str, Any] | None = None) -> dict[
             }
         )
     degraded = any(e.kind in ("lost", "joined", "incomplete") for e in run.events)
+    whole_run = _with_hdr(run.timeline.run_totals(), measured)
     result: dict[str, Any] = {
         "schema": SCHEMA,
         "software": __version__,
@@ -224,8 +241,8 @@ def build_result(run: Coordinator, extra: dict[str, Any] | None = None) -> dict[
         "requests": {
             n: _with_hdr(t, measured) for n, t in sorted(run.timeline.name_totals().items())
         },
-        "totals": _with_hdr(run.timeline.run_totals(), measured),
-        "warnings": cpu_warnings(agents),
+        "totals": whole_run,
+        "warnings": cpu_warnings(agents) + reply_warnings(whole_run, run.scenario.target),
         "thresholds": [],
         "timeline": timeline,
     }

@@ -101,6 +101,19 @@ def test_stall_shows_in_latency_not_necessarily_in_service_time() -> None:
     assert totals["requests"] + totals["dropped"] == 1000
 
 
+def test_a_target_nobody_answers_is_measured_and_named_in_a_warning() -> None:
+    """Nothing listens on the port: every request counts as a connect error, the run
+    completes, and the summary and result.json say what to check."""
+    target = f"http://127.0.0.1:{free_port()}"
+    run = run_scenario(constant(target, 20, 1), agents=1)
+    assert run.code == 0, run.stderr
+    assert run.data["totals"]["requests"] == 20
+    assert run.data["totals"]["outcomes"] == {"connect_error": 20}
+    (warning,) = [w for w in run.data["warnings"] if "no request got a reply" in w]
+    assert target in warning and "connect_error 20" in warning
+    assert "no request got a reply" in run.stdout
+
+
 def test_bad_scenario_is_one_line_and_exit_2(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(
