@@ -31,6 +31,7 @@ from loadctl.agent.users import run_user_phase
 from loadctl.protocol.clock import ClockEstimate
 from loadctl.protocol.messages import Plan, PlanUpdate, Series
 from loadctl.protocol.scenario import Phase, Scenario, parse_phases
+from loadctl.protocol.target_tls import CA_FILE_KEY, client_context
 
 _CUT_DELAY = 0.05
 
@@ -63,6 +64,10 @@ class Runner:
         # Done carries a note on the engine; none since the fast engine does everything
         self.engine_note: str | None = None
         self._client: HttpClient | None = None
+        # https targets: the scenario's certificate checks (None: the engines' default)
+        self.tls_context = client_context(
+            self.scenario.defaults.tls_verify, plan.files.get(CA_FILE_KEY)
+        )
         self.phases: list[PhaseState] = []
         self.end_at = math.inf  # run time; a plan update may bring it forward
         self.aborted = False
@@ -97,12 +102,14 @@ class Runner:
     # -- clients ---------------------------------------------------------------------------
     def shared_client(self) -> HttpClient:
         if self._client is None:
-            self._client = make_client(self.engine, self.scenario.defaults.connections)
+            self._client = make_client(
+                self.engine, self.scenario.defaults.connections, ssl_context=self.tls_context
+            )
         return self._client
 
     def new_client(self, connections: int = 1, cookies: bool = False) -> HttpClient:
         """A client of its own (a user's); `cookies` gives it its own cookie jar."""
-        return make_client(self.engine, connections, cookies=cookies)
+        return make_client(self.engine, connections, cookies=cookies, ssl_context=self.tls_context)
 
     # -- the run ---------------------------------------------------------------------------
     async def run(self) -> None:

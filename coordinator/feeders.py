@@ -1,4 +1,4 @@
-"""What the coordinator ships to agents for journeys: data rows and Python flows.
+"""What the coordinator ships to agents: data rows, Python flows, CA certificates.
 
 Both travel inside the Plan (`Plan.files`), over the authenticated link:
 
@@ -17,6 +17,9 @@ Both travel inside the Plan (`Plan.files`), over the authenticated link:
 * `flow/REF`: the source of the Python module a phase's `flow: REF` names.
   Agents run code only from this entry, never from their own disk.
 
+* `tls/ca.pem`: the CA certificates `defaults.tls.ca` names, for https targets
+  (see protocol/target_tls.py).
+
 Everything is read and checked once, when the scenario is loaded (a missing
 file, a bad row, too few unique rows, a flow without its function are
 scenario errors, before any agent starts), and kept for the run.
@@ -27,6 +30,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import importlib.util
+import ssl
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -54,6 +58,7 @@ from loadctl.protocol.journey import (
 )
 from loadctl.protocol.messages import Share
 from loadctl.protocol.scenario import Phase, Scenario
+from loadctl.protocol.target_tls import CA_FILE_KEY, client_context
 
 # Plans must stay well under the codec's frame limit (64 MiB).
 MAX_SHIPPED_BYTES = 48 * 1024 * 1024
@@ -105,6 +110,8 @@ class ShareHistory:
 class Payload:
     data: dict[str, LoadedData] = field(default_factory=dict)
     flows: dict[str, LoadedFlow] = field(default_factory=dict)
+    tls_ca: bytes | None = None  # defaults.tls.ca's PEM file
+    tls_note: str | None = None  # for the summary, when certificates are not checked as usual
 
     def files_for(
         self, scenario: Scenario, share: Share, history: ShareHistory | None = None
@@ -141,6 +148,8 @@ class Payload:
             files[data_key(name)] = encode_rows((i, rows[i]) for i in indices)
         for ref, flow in self.flows.items():
             files[flow_key(ref)] = flow.code
+        if self.tls_ca is not None:
+            files[CA_FILE_KEY] = self.tls_ca
         size = sum(len(v) for v in files.values())
         if size > MAX_SHIPPED_BYTES:
             raise ScenarioError(("data",), _too_big(size))
@@ -151,7 +160,7 @@ class Payload:
             f"flow {ref}{'' if flow.ref.is_file else f' ({flow.origin})'} shipped to the "
             f"agents, sha256 {flow.sha256}"
             for ref, flow in self.flows.items()
-        ]
+        ] + ([self.tls_note] if self.tls_note else [])
 
 
 @dataclass
@@ -239,6 +248,14 @@ def load_payload(scenario: Scenario, base_dir: Path | None = None) -> Payload:
         if is_python_flow(phase.flow) and phase.flow not in payload.flows:
             ref = parse_flow_ref(phase.flow, ("phases", i, "flow"))
             payload.flows[phase.flow] = _load_flow(ref, base, ("phases", i, "flow"))
+    if scenario.defaults.tls_ca is not None:
+        payload.tls_ca = _load_ca(scenario.defaults.tls_ca, base)
+        payload.tls_note = (
+            "https certificates checked against the system's CAs and those of "
+            f"{_resolve(scenario.defaults.tls_ca, base)}"
+        )
+    elif not scenario.defaults.tls_verify:
+        payload.tls_note = "https certificates are not checked (defaults.tls.verify: false)"
     shared = [d for d in payload.data.values() if d.rows is not None and not d.source.unique]
     size = sum(len(encode_rows(enumerate(d.rows or []))) for d in shared)
     size += sum(len(f.code) for f in payload.flows.values())
@@ -276,6 +293,24 @@ def _remember(scenario: Scenario, payload: Payload) -> None:
 def _resolve(file: str, base: Path) -> Path:
     path = Path(file).expanduser()
     return path if path.is_absolute() else base / path
+
+
+def _load_ca(file: str, base: Path) -> bytes:
+    at = ("defaults", "tls", "ca")
+    path = _resolve(file, base)
+    try:
+        pem = path.read_bytes()
+    except FileNotFoundError:
+        raise ScenarioError(at, f"no such file: {path}") from None
+    except OSError as error:
+        raise ScenarioError(at, f"cannot read {path}: {error.strerror or error}") from None
+    try:
+        client_context(True, pem)
+    except (ssl.SSLError, ValueError):
+        raise ScenarioError(
+            at, f"{path} holds no PEM certificate: give the CA's certificate, BEGIN CERTIFICATE"
+        ) from None
+    return pem
 
 
 def _load_data(source: DataSource, base: Path, scenario: Scenario) -> LoadedData:

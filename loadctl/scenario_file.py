@@ -4,11 +4,13 @@ The scenario model validates plain data and reports a *path* (phases[1].rate);
 here the YAML is also composed into nodes so the path can be turned into a
 line and column of the file, the way a compiler error reads.
 
-Journeys name files: data sources (`data.NAME.file`) and Python flows
-(`flow: path/to/file.py:function`). Relative paths resolve from the scenario
-file's folder and are written back absolute, so the scenario the agents and
-the result see is self-contained. The files are then read and checked here
-(rows, unique-row needs, the flow's function), before any agent starts.
+Scenarios name files: data sources (`data.NAME.file`), Python flows
+(`flow: path/to/file.py:function`) and CA certificates for https targets
+(`defaults.tls.ca`). Relative paths resolve from the scenario file's folder and
+are written back absolute, so the scenario the agents and the result see is
+self-contained. The files are then read and checked here (rows, unique-row
+needs, the flow's function, the certificates), before any agent starts; the
+coordinator ships their contents to the agents in the plan.
 """
 
 from __future__ import annotations
@@ -62,7 +64,8 @@ def parse_scenario_text(
         data = _absolute_paths(data, base)
     try:
         scenario = Scenario.from_dict(data, scale=scale)
-        if isinstance(data, dict) and (data.get("data") or _has_python_flow(scenario)):
+        ships = data.get("data") or _has_python_flow(scenario) or scenario.defaults.tls_ca
+        if isinstance(data, dict) and ships:
             from loadctl.coordinator.feeders import load_payload
 
             load_payload(scenario, base)
@@ -117,6 +120,11 @@ def _absolute_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
             )
             for name, item in sources.items()
         }
+    defaults = data.get("defaults")
+    if isinstance(defaults, dict):
+        tls = defaults.get("tls")
+        if isinstance(tls, dict) and isinstance(tls.get("ca"), str) and tls["ca"].strip():
+            out["defaults"] = {**defaults, "tls": {**tls, "ca": _absolute(tls["ca"], base)}}
     phases = data.get("phases")
     if isinstance(phases, list):
         out["phases"] = [

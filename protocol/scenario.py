@@ -119,6 +119,11 @@ class Defaults:
     interval: float = 1.0
     engine: str = "auto"
     connections: int = 256
+    # https targets: verify their certificates (False: accept any, for a staging host
+    # with a self-signed one), trusting the system's CAs and, with `tls_ca`, those of
+    # this PEM file (read by the coordinator and shipped to the agents in the plan)
+    tls_verify: bool = True
+    tls_ca: str | None = None
 
 
 @dataclass(frozen=True)
@@ -244,11 +249,29 @@ def _defaults(top: Fields) -> Defaults:
         interval=f.duration("interval", base.interval, positive=True),
         engine=f.text("engine", base.engine, choices=ENGINES),
         connections=f.number("connections", base.connections, minimum=1, integer=True),
+        **_tls(f),
     )
     if d.interval < 0.1:
         raise ScenarioError(f.at("interval"), "interval must be at least 100ms")
     f.done()
     return d
+
+
+def _tls(defaults: Fields) -> dict[str, Any]:
+    """`defaults.tls`: {verify: true|false, ca: PEM file}, as Defaults' fields."""
+    if not defaults.has("tls"):
+        return {}
+    f = Fields(defaults.raw("tls"), defaults.at("tls"))
+    verify = f.flag("verify", True)
+    ca = f.text("ca", None)
+    f.done()
+    if ca is not None and not ca.strip():
+        raise ScenarioError(f.at("ca"), "expected the path of a PEM file of CA certificates")
+    if ca is not None and not verify:
+        raise ScenarioError(
+            f.at("ca"), "a CA is of no use with verify: false: keep one or the other"
+        )
+    return {"tls_verify": verify, "tls_ca": ca}
 
 
 def _requests(top: Fields) -> tuple[RequestSpec, ...]:

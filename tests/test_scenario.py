@@ -203,6 +203,34 @@ def test_requests_and_defaults() -> None:
     assert s.request("post") is post
 
 
+def test_tls_defaults() -> None:
+    assert Scenario.from_dict(base()).defaults.tls_verify is True
+    data = base()
+    data["defaults"] = {"tls": {"ca": "/etc/staging-ca.pem"}}
+    d = Scenario.from_dict(data).defaults
+    assert d.tls_verify is True and d.tls_ca == "/etc/staging-ca.pem"
+    data["defaults"] = {"tls": {"verify": False}}
+    d = Scenario.from_dict(data).defaults
+    assert d.tls_verify is False and d.tls_ca is None
+
+
+@pytest.mark.parametrize(
+    ("tls", "path", "words"),
+    [
+        ({"verify": "no"}, ("defaults", "tls", "verify"), "expected true or false"),
+        ({"verify": False, "ca": "ca.pem"}, ("defaults", "tls", "ca"), "of no use"),
+        ({"ca": " "}, ("defaults", "tls", "ca"), "PEM file"),
+        ({"cafile": "ca.pem"}, ("defaults", "tls", "cafile"), "unknown key"),
+        ("off", ("defaults", "tls"), "expected a mapping"),
+    ],
+)
+def test_tls_mistakes(tls: Any, path: tuple[Any, ...], words: str) -> None:
+    data = base()
+    data["defaults"] = {"tls": tls}
+    error = error_of(data)
+    assert error.path == path and words in str(error)
+
+
 @pytest.mark.parametrize(
     ("text", "seconds"),
     [("5s", 5.0), ("250ms", 0.25), ("2m", 120.0), ("1h", 3600.0), ("1.5s", 1.5), ("10", 10.0),
