@@ -42,6 +42,9 @@ Prints figures only; nothing here asserts. All load goes to 127.0.0.1 and
 each run stops after its duration.
 
     python bench/compare_peers.py [--runs 3] [--duration 5] [--concurrency 64] [--bare]
+        [--tls]
+
+`--tls`: the same over https (engine_bench.py says how).
 """
 
 from __future__ import annotations
@@ -136,6 +139,9 @@ def main() -> None:
     parser.add_argument(
         "--bare", action="store_true", help="also measure the engines alone (no recorder)"
     )
+    parser.add_argument(
+        "--tls", action="store_true", help="nginx over TLS (self-signed), every client on https"
+    )
     args = parser.parse_args()
 
     load_start = os.getloadavg()
@@ -152,7 +158,7 @@ def main() -> None:
         f"wrk {wrk_version}, hey (no version flag), nginx {nginx_version}"
     )
     tools = tools_for(args)
-    with eb.serve_target() as (url, target):
+    with eb.serve_target(args.tls) as (url, target):
         print(
             f"target: {target} at {url}; closed loop, {args.concurrency} connections, "
             f"{args.duration:g} s per run, {args.runs} interleaved rounds\n",

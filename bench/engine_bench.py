@@ -30,6 +30,12 @@ stops after the given duration. `bench/compare_peers.py` reuses this module
 to add hey to the comparison.
 
     python bench/engine_bench.py [--duration 5] [--runs 3] [--concurrency 64] [--bare | --journey]
+        [--tls]
+
+`--tls` serves nginx over TLS (a self-signed P-256 certificate; TLS 1.3) and runs
+every client on https without checking the certificate, as wrk and hey do not:
+connections are kept alive, so what differs is the cost of encrypting each request
+and decrypting each reply.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ import resource
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -59,9 +66,31 @@ NGINX = "/usr/sbin/nginx"
 NO_LANE = "-nolane"  # an engine name's suffix: the same engine, compiled lane off
 WRK = "/usr/bin/wrk"
 TARGETS = {"fast_cpu_ratio_to_wrk": 1.2, "aiohttp_us_per_request": 60.0}
+FLOORS = ("floor", "aiohttp-floor")
+# Over TLS, uvloop reads a plain Protocol's connection with SSLObject.read(256 KiB): a
+# 256 KiB buffer per read, which glibc, depending on what else is on the heap, gives
+# back to the kernel at each free (brk) and faults in again at the next read. The bare
+# floors paid it (24-28 us of system time per request against 6.5-8.5 without), the
+# agent did not (alternated with and without these: the same CPU), so the floors run
+# with the thresholds fixed, to stay floors: nothing mmap'd or trimmed below 1 / 8 MiB.
+FLOOR_HEAP_OVER_TLS = {
+    "MALLOC_MMAP_THRESHOLD_": str(1 << 20),
+    "MALLOC_TRIM_THRESHOLD_": str(8 << 20),
+}
 
 
 # -- the measured client (runs in its own process) -----------------------------
+
+
+def _unchecked_tls(url: str) -> ssl.SSLContext | None:
+    """For an https URL, a context that does not check the bench's self-signed
+    certificate (as wrk and hey do not): the handshake is once per connection, and
+    what is measured is the cost per request on the encrypted connection."""
+    if not url.startswith("https:"):
+        return None
+    from loadctl.protocol.target_tls import client_context
+
+    return client_context(False, None)
 
 
 class _Users:
@@ -94,7 +123,7 @@ async def _closed_loop(
     if endpoint.host not in ("127.0.0.1", "localhost"):
         raise SystemExit("the bench only sends load to 127.0.0.1")
     request = HttpRequest(endpoint, "GET", "/" + (parts[3] if len(parts) > 3 else ""))
-    client = make_client(engine, concurrency)
+    client = make_client(engine, concurrency, ssl_context=_unchecked_tls(url))
     users = _Users()
     counts = users.counts
 
@@ -173,6 +202,7 @@ async def _agent_closed_loop(
             "name": "engine-bench",
             "target": endpoint.base_url,
             "defaults": {
+                **({"tls": {"verify": False}} if endpoint.tls else {}),
                 "engine": engine,
                 "connections": concurrency,
                 "timeout": 5.0,
@@ -324,7 +354,11 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.
     raise SystemExit(f"the target did not listen on 127.0.0.1:{port}")
 
 
-def start_nginx(tmp: Path, port: int) -> subprocess.Popen[bytes]:
+def start_nginx(tmp: Path, port: int, tls: bool = False) -> subprocess.Popen[bytes]:
+    listen = f"127.0.0.1:{port}"
+    if tls:
+        _self_signed(tmp)
+        listen += f" ssl; ssl_certificate {tmp}/cert.pem; ssl_certificate_key {tmp}/key.pem"
     for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (tmp / sub).mkdir()
     conf = tmp / "nginx.conf"
@@ -345,7 +379,7 @@ def start_nginx(tmp: Path, port: int) -> subprocess.Popen[bytes]:
                 uwsgi_temp_path {tmp}/uwsgi;
                 scgi_temp_path {tmp}/scgi;
                 server {{
-                    listen 127.0.0.1:{port};
+                    listen {listen};
                     location / {{ return 200 "ok"; }}
                 }}
             }}
@@ -393,6 +427,8 @@ def run_engine(
     if engine.endswith(NO_LANE):
         engine = engine.removesuffix(NO_LANE)
         env = {**os.environ, "LOADCTL_NO_KERNEL": "1"}
+    if engine in FLOORS and url.startswith("https:"):
+        env = {**os.environ, **FLOOR_HEAP_OVER_TLS}
     cmd = [*pin(0), sys.executable, os.path.abspath(__file__), "--worker", engine, "--url", url]
     cmd += ["--duration", str(duration), "--concurrency", str(concurrency)]
     if bare:
@@ -444,15 +480,36 @@ def median_run(runs: list[Run]) -> Run:
     return sorted(runs, key=lambda r: r.us_per_request)[len(runs) // 2]
 
 
+def _self_signed(tmp: Path) -> None:
+    """cert.pem and key.pem in `tmp`: a self-signed certificate for 127.0.0.1."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise SystemExit("--tls needs the openssl command (Debian package openssl)")
+    subprocess.run(
+        [
+            *(openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"),
+            *("-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"),
+            *("-keyout", str(tmp / "key.pem"), "-out", str(tmp / "cert.pem")),
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+
 @contextmanager
-def serve_target() -> Iterator[tuple[str, str]]:
+def serve_target(tls: bool = False) -> Iterator[tuple[str, str]]:
     """nginx (1 worker, pinned to core 1) on a free port of 127.0.0.1, or an aiohttp
-    server without nginx; yields (URL, description) and stops it on exit."""
+    server without nginx; yields (URL, description) and stops it on exit. `tls`:
+    nginx over TLS (a self-signed certificate), the URL https."""
     port = free_port()
-    url = f"http://127.0.0.1:{port}/"
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}/"
     with tempfile.TemporaryDirectory(prefix="loadctl-bench-") as tmp:
         if os.access(NGINX, os.X_OK):
-            target, proc = "nginx (1 worker)", start_nginx(Path(tmp), port)
+            target, proc = "nginx (1 worker)", start_nginx(Path(tmp), port, tls)
+            if tls:
+                target += " over TLS 1.3"
+        elif tls:
+            raise SystemExit("--tls needs nginx (Debian package nginx)")
         else:
             print(f"{NGINX} not found: the target is an aiohttp server instead")
             target, proc = "aiohttp server", start_aiohttp(port)
@@ -505,7 +562,7 @@ async def _floor_loop(url: str, duration: float, concurrency: int) -> dict[str, 
 
     loop = asyncio.get_running_loop()
     for _ in range(concurrency):
-        await loop.create_connection(Client, host, int(port))
+        await loop.create_connection(Client, host, int(port), ssl=_unchecked_tls(url))
     return await _measured_window(duration, counts, stop)
 
 
@@ -521,7 +578,10 @@ async def _aiohttp_floor_loop(url: str, duration: float, concurrency: int) -> di
         raise SystemExit("the bench only sends load to 127.0.0.1")
     users = _Users()
     counts = users.counts
-    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency))
+    tls = _unchecked_tls(url)
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=concurrency, ssl=tls if tls is not None else True)
+    )
 
     async def user() -> None:
         while users.running:
@@ -550,6 +610,9 @@ def main() -> None:
         action="store_true",
         help="each request with a templated query and a status check (full measurement)",
     )
+    parser.add_argument(
+        "--tls", action="store_true", help="nginx over TLS (self-signed), the clients on https"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--think", type=float, default=0.0, help=argparse.SUPPRESS)
@@ -565,7 +628,7 @@ def main() -> None:
             args.journey,
         )
         return
-    with serve_target() as (url, target):
+    with serve_target(args.tls) as (url, target):
         report(url, target, args)
 
 

@@ -40,7 +40,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import engine_bench as eb  # the bench directory is not a package: found by sys.path
 
 IDLE_THINK = 1000.0  # seconds: each user sends one request, then thinks past the run
-FLOORS = ("floor", "aiohttp-floor")  # clients with no scenario and no per-second work
 
 
 def counted(
@@ -64,10 +63,10 @@ def per_request(
     url: str, client: str, short: float, long: float, journey: bool = False
 ) -> tuple[float, float]:
     """Instructions per request, and the per-second work subtracted from it."""
-    journey = journey and client not in FLOORS
+    journey = journey and client not in eb.FLOORS
     (i0, n0), (i1, n1) = (counted(url, client, s, 0.0, journey) for s in (short, long))
     per_second = 0.0
-    if client not in FLOORS:  # a floor does nothing but requests
+    if client not in eb.FLOORS:  # a floor does nothing but requests
         (j0, _), (j1, _) = (counted(url, client, s, IDLE_THINK, journey) for s in (short, long))
         per_second = (j1 - j0) / (long - short)
     return (i1 - i0 - per_second * (long - short)) / (n1 - n0), per_second
