@@ -295,15 +295,20 @@ def _resolve(file: str, base: Path) -> Path:
     return path if path.is_absolute() else base / path
 
 
-def _load_ca(file: str, base: Path) -> bytes:
-    at = ("defaults", "tls", "ca")
-    path = _resolve(file, base)
+def _read(path: Path, at: tuple[str | int, ...]) -> bytes:
+    """The file's bytes; a missing or unreadable file is a scenario error at `at`."""
     try:
-        pem = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise ScenarioError(at, f"no such file: {path}") from None
     except OSError as error:
         raise ScenarioError(at, f"cannot read {path}: {error.strerror or error}") from None
+
+
+def _load_ca(file: str, base: Path) -> bytes:
+    at = ("defaults", "tls", "ca")
+    path = _resolve(file, base)
+    pem = _read(path, at)
     try:
         client_context(True, pem)
     except (ssl.SSLError, ValueError):
@@ -316,14 +321,9 @@ def _load_ca(file: str, base: Path) -> bytes:
 def _load_data(source: DataSource, base: Path, scenario: Scenario) -> LoadedData:
     at = ("data", source.name, "file")
     path = _resolve(source.file, base)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        if source.shared_path:  # the agents may see a mount this machine does not
-            return LoadedData(source, None)
-        raise ScenarioError(at, f"no such file: {path}") from None
-    except OSError as error:
-        raise ScenarioError(at, f"cannot read {path}: {error.strerror or error}") from None
+    if source.shared_path and not path.exists():  # the agents may see a mount we do not
+        return LoadedData(source, None)
+    raw = _read(path, at)
     rows = parse_rows(raw, source.format, at)
     if not rows:
         raise ScenarioError(at, f"{path} has no rows")
@@ -365,12 +365,7 @@ def _check_fields(source: DataSource, rows: list[Any], scenario: Scenario) -> No
 
 def _load_flow(ref: FlowRef, base: Path, at: tuple[str | int, ...]) -> LoadedFlow:
     path = _resolve(ref.target, base) if ref.is_file else _find_module(ref.target, base, at)
-    try:
-        code = path.read_bytes()
-    except FileNotFoundError:
-        raise ScenarioError(at, f"no such file: {path}") from None
-    except OSError as error:
-        raise ScenarioError(at, f"cannot read {path}: {error.strerror or error}") from None
+    code = _read(path, at)
     try:
         tree = ast.parse(code, filename=str(path))
     except SyntaxError as error:
