@@ -337,7 +337,10 @@ def test_a_dropped_connection_is_resent_once(server: Server) -> None:
     assert_recorded_once(out)
     drops = out.unanswered["/drop-third"]
     assert drops >= 10 and out.outcomes == {"2xx": len(out.seen) - drops}
-    assert len(out.seen) // 3 == drops  # two replies per connection, then a drop
+    # Three requests per connection (two replies, then the drop), but for the two
+    # connections open at the end, which served up to two each without their drop:
+    # `seen // 3 == drops` held only while those two had served three or fewer.
+    assert 0 <= len(out.seen) - 3 * drops <= 2 * 2
 
 
 def test_users_stop_when_the_phase_ends_not_at_the_interval_end(server: Server) -> None:
