@@ -31,7 +31,7 @@ from loadctl.agent.users import run_user_phase
 from loadctl.protocol.clock import ClockEstimate
 from loadctl.protocol.messages import Plan, PlanUpdate, Series
 from loadctl.protocol.scenario import Phase, Scenario, parse_phases
-from loadctl.protocol.target_tls import CA_FILE_KEY, client_context
+from loadctl.protocol.target_tls import CA_FILE_KEY, CERT_FILE_KEY, KEY_FILE_KEY, client_context
 
 _CUT_DELAY = 0.05
 
@@ -66,7 +66,10 @@ class Runner:
         self._client: HttpClient | None = None
         # https targets: the scenario's certificate checks (None: the engines' default)
         self.tls_context = client_context(
-            self.scenario.defaults.tls_verify, plan.files.get(CA_FILE_KEY)
+            self.scenario.defaults.tls_verify,
+            plan.files.get(CA_FILE_KEY),
+            plan.files.get(CERT_FILE_KEY),
+            plan.files.get(KEY_FILE_KEY),
         )
         self.phases: list[PhaseState] = []
         self.end_at = math.inf  # run time; a plan update may bring it forward

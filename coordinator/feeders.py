@@ -17,8 +17,9 @@ Both travel inside the Plan (`Plan.files`), over the authenticated link:
 * `flow/REF`: the source of the Python module a phase's `flow: REF` names.
   Agents run code only from this entry, never from their own disk.
 
-* `tls/ca.pem`: the CA certificates `defaults.tls.ca` names, for https targets
-  (see protocol/target_tls.py).
+* `tls/ca.pem`, `tls/cert.pem`, `tls/key.pem`: the CA certificates and the client
+  certificate and key `defaults.tls` names, for https targets (see
+  protocol/target_tls.py).
 
 Everything is read and checked once, when the scenario is loaded (a missing
 file, a bad row, too few unique rows, a flow without its function are
@@ -58,7 +59,7 @@ from loadctl.protocol.journey import (
 )
 from loadctl.protocol.messages import Share
 from loadctl.protocol.scenario import Phase, Scenario
-from loadctl.protocol.target_tls import CA_FILE_KEY, client_context
+from loadctl.protocol.target_tls import CA_FILE_KEY, CERT_FILE_KEY, KEY_FILE_KEY, client_context
 
 # Plans must stay well under the codec's frame limit (64 MiB).
 MAX_SHIPPED_BYTES = 48 * 1024 * 1024
@@ -110,8 +111,8 @@ class ShareHistory:
 class Payload:
     data: dict[str, LoadedData] = field(default_factory=dict)
     flows: dict[str, LoadedFlow] = field(default_factory=dict)
-    tls_ca: bytes | None = None  # defaults.tls.ca's PEM file
-    tls_note: str | None = None  # for the summary, when certificates are not checked as usual
+    tls_files: dict[str, bytes] = field(default_factory=dict)  # defaults.tls's PEM files
+    tls_notes: list[str] = field(default_factory=list)  # for the summary
 
     def files_for(
         self, scenario: Scenario, share: Share, history: ShareHistory | None = None
@@ -148,8 +149,7 @@ class Payload:
             files[data_key(name)] = encode_rows((i, rows[i]) for i in indices)
         for ref, flow in self.flows.items():
             files[flow_key(ref)] = flow.code
-        if self.tls_ca is not None:
-            files[CA_FILE_KEY] = self.tls_ca
+        files.update(self.tls_files)
         size = sum(len(v) for v in files.values())
         if size > MAX_SHIPPED_BYTES:
             raise ScenarioError(("data",), _too_big(size))
@@ -160,7 +160,7 @@ class Payload:
             f"flow {ref}{'' if flow.ref.is_file else f' ({flow.origin})'} shipped to the "
             f"agents, sha256 {flow.sha256}"
             for ref, flow in self.flows.items()
-        ] + ([self.tls_note] if self.tls_note else [])
+        ] + self.tls_notes
 
 
 @dataclass
@@ -248,14 +248,7 @@ def load_payload(scenario: Scenario, base_dir: Path | None = None) -> Payload:
         if is_python_flow(phase.flow) and phase.flow not in payload.flows:
             ref = parse_flow_ref(phase.flow, ("phases", i, "flow"))
             payload.flows[phase.flow] = _load_flow(ref, base, ("phases", i, "flow"))
-    if scenario.defaults.tls_ca is not None:
-        payload.tls_ca = _load_ca(scenario.defaults.tls_ca, base)
-        payload.tls_note = (
-            "https certificates checked against the system's CAs and those of "
-            f"{_resolve(scenario.defaults.tls_ca, base)}"
-        )
-    elif not scenario.defaults.tls_verify:
-        payload.tls_note = "https certificates are not checked (defaults.tls.verify: false)"
+    payload.tls_files, payload.tls_notes = _load_tls(scenario, base)
     shared = [d for d in payload.data.values() if d.rows is not None and not d.source.unique]
     size = sum(len(encode_rows(enumerate(d.rows or []))) for d in shared)
     size += sum(len(f.code) for f in payload.flows.values())
@@ -305,17 +298,42 @@ def _read(path: Path, at: tuple[str | int, ...]) -> bytes:
         raise ScenarioError(at, f"cannot read {path}: {error.strerror or error}") from None
 
 
-def _load_ca(file: str, base: Path) -> bytes:
-    at = ("defaults", "tls", "ca")
-    path = _resolve(file, base)
-    pem = _read(path, at)
+def _load_tls(scenario: Scenario, base: Path) -> tuple[dict[str, bytes], list[str]]:
+    """defaults.tls's files, read and checked as the agents will load them (a PEM file
+    without a certificate, a key that is not the certificate's: a scenario error),
+    and the summary's notes on them."""
+    d = scenario.defaults
+    named = ((CA_FILE_KEY, d.tls_ca), (CERT_FILE_KEY, d.tls_cert), (KEY_FILE_KEY, d.tls_key))
+    paths = {key: _resolve(file, base) for key, file in named if file is not None}
+    at = {CA_FILE_KEY: "ca", CERT_FILE_KEY: "cert", KEY_FILE_KEY: "key"}
+    files = {key: _read(path, ("defaults", "tls", at[key])) for key, path in paths.items()}
     try:
-        client_context(True, pem)
+        client_context(d.tls_verify, files.get(CA_FILE_KEY))
     except (ssl.SSLError, ValueError):
         raise ScenarioError(
-            at, f"{path} holds no PEM certificate: give the CA's certificate, BEGIN CERTIFICATE"
+            ("defaults", "tls", "ca"),
+            f"{paths[CA_FILE_KEY]} holds no PEM certificate: give the CA's certificate, "
+            "BEGIN CERTIFICATE",
         ) from None
-    return pem
+    notes = []
+    if CA_FILE_KEY in paths:
+        notes.append(
+            f"https certificates checked against the system's CAs and those of {paths[CA_FILE_KEY]}"
+        )
+    elif not d.tls_verify:
+        notes.append("https certificates are not checked (defaults.tls.verify: false)")
+    if CERT_FILE_KEY in paths:
+        try:
+            client_context(True, None, files[CERT_FILE_KEY], files.get(KEY_FILE_KEY))
+        except (ssl.SSLError, ValueError) as error:
+            key = f" and {paths[KEY_FILE_KEY]}" if KEY_FILE_KEY in paths else ""
+            raise ScenarioError(
+                ("defaults", "tls", "cert"),
+                f"{paths[CERT_FILE_KEY]}{key}: not a PEM certificate with its private key "
+                f"({getattr(error, 'reason', None) or error}): give both, the key unencrypted",
+            ) from None
+        notes.append(f"client certificate {paths[CERT_FILE_KEY]} shipped to the agents")
+    return files, notes
 
 
 def _load_data(source: DataSource, base: Path, scenario: Scenario) -> LoadedData:

@@ -119,6 +119,12 @@ def coordinator_command(
         exits.fail("--agents must be at least 1")
     parsed = _load(scenario, scale)
     security = _server_security(keys, insecure, bind)
+    if security is None and not is_local(bind) and parsed.defaults.tls_cert is not None:
+        exits.fail(
+            "defaults.tls.cert: its private key travels to the agents in their plans, and "
+            f"{bind} has no keys, so anyone on the network could read it: run "
+            "`loadctl keys init DIR` and pass --keys DIR"
+        )
     metrics_host, metrics = _metrics(metrics_port, "127.0.0.1" if is_local(bind) else "0.0.0.0")
     if dry_run:
         click.echo(

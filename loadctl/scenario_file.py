@@ -5,10 +5,10 @@ here the YAML is also composed into nodes so the path can be turned into a
 line and column of the file, the way a compiler error reads.
 
 Scenarios name files: data sources (`data.NAME.file`), Python flows
-(`flow: path/to/file.py:function`) and CA certificates for https targets
-(`defaults.tls.ca`). Relative paths resolve from the scenario file's folder and
-are written back absolute, so the scenario the agents and the result see is
-self-contained. The files are then read and checked here (rows, unique-row
+(`flow: path/to/file.py:function`) and certificates for https targets
+(`defaults.tls`: ca, cert, key). Relative paths resolve from the scenario file's
+folder and are written back absolute, so the scenario the agents and the result
+see is self-contained. The files are then read and checked here (rows, unique-row
 needs, the flow's function, the certificates), before any agent starts; the
 coordinator ships their contents to the agents in the plan.
 """
@@ -64,7 +64,8 @@ def parse_scenario_text(
         data = _absolute_paths(data, base)
     try:
         scenario = Scenario.from_dict(data, scale=scale)
-        ships = data.get("data") or _has_python_flow(scenario) or scenario.defaults.tls_ca
+        tls = scenario.defaults
+        ships = data.get("data") or _has_python_flow(scenario) or tls.tls_ca or tls.tls_cert
         if isinstance(data, dict) and ships:
             from loadctl.coordinator.feeders import load_payload
 
@@ -121,10 +122,12 @@ def _absolute_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
             for name, item in sources.items()
         }
     defaults = data.get("defaults")
-    if isinstance(defaults, dict):
-        tls = defaults.get("tls")
-        if isinstance(tls, dict) and isinstance(tls.get("ca"), str) and tls["ca"].strip():
-            out["defaults"] = {**defaults, "tls": {**tls, "ca": _absolute(tls["ca"], base)}}
+    if isinstance(defaults, dict) and isinstance(defaults.get("tls"), dict):
+        tls = dict(defaults["tls"])
+        for key in ("ca", "cert", "key"):
+            if isinstance(tls.get(key), str) and tls[key].strip():
+                tls[key] = _absolute(tls[key], base)
+        out["defaults"] = {**defaults, "tls": tls}
     phases = data.get("phases")
     if isinstance(phases, list):
         out["phases"] = [

@@ -124,6 +124,10 @@ class Defaults:
     # this PEM file (read by the coordinator and shipped to the agents in the plan)
     tls_verify: bool = True
     tls_ca: str | None = None
+    # a client certificate for servers that ask for one (mutual TLS): PEM files, the key
+    # in the certificate's file when `tls_key` is None; shipped to the agents like the CA
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -258,20 +262,33 @@ def _defaults(top: Fields) -> Defaults:
 
 
 def _tls(defaults: Fields) -> dict[str, Any]:
-    """`defaults.tls`: {verify: true|false, ca: PEM file}, as Defaults' fields."""
+    """`defaults.tls`: {verify: true|false, ca, cert, key: PEM files}, as Defaults' fields."""
     if not defaults.has("tls"):
         return {}
     f = Fields(defaults.raw("tls"), defaults.at("tls"))
     verify = f.flag("verify", True)
-    ca = f.text("ca", None)
+    files = {}
+    for key, what in (
+        ("ca", "a PEM file of CA certificates"),
+        ("cert", "a PEM file of the client's certificate (and its key)"),
+        ("key", "a PEM file of the client certificate's private key"),
+    ):
+        files[key] = f.text(key, None)
+        if files[key] is not None and not files[key].strip():
+            raise ScenarioError(f.at(key), f"expected the path of {what}")
     f.done()
-    if ca is not None and not ca.strip():
-        raise ScenarioError(f.at("ca"), "expected the path of a PEM file of CA certificates")
-    if ca is not None and not verify:
+    if files["ca"] is not None and not verify:
         raise ScenarioError(
             f.at("ca"), "a CA is of no use with verify: false: keep one or the other"
         )
-    return {"tls_verify": verify, "tls_ca": ca}
+    if files["key"] is not None and files["cert"] is None:
+        raise ScenarioError(f.at("key"), "a key needs its certificate: add cert: FILE")
+    return {
+        "tls_verify": verify,
+        "tls_ca": files["ca"],
+        "tls_cert": files["cert"],
+        "tls_key": files["key"],
+    }
 
 
 def _requests(top: Fields) -> tuple[RequestSpec, ...]:

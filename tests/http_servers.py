@@ -6,8 +6,9 @@
 - `read_requests`: the requests of one connection, for scripted raw servers that
   answer what aiohttp never would.
 - `make_cert`: a self-signed certificate for 127.0.0.1.
-- `servers`: the fixture of tests/test_engines.py (and test_driven_users.py): an
-  aiohttp.web app, plain and over TLS, and a raw server with scripted replies
+- `servers`: the fixture of tests/test_engines.py (and test_driven_users.py,
+  test_target_tls.py): an aiohttp.web app, plain, over TLS and over TLS with a
+  client certificate, and a raw server with scripted replies
   (1xx, bodies ending at EOF, replies cut short or garbled, connections dropped
   or reset before the reply).
 """
@@ -87,6 +88,10 @@ class Servers:
     # per X-Test header value: the client ports seen, and the request count
     peers: dict[str, set[int]]
     requests: dict[str, int]
+    # the https server again, asking for a client certificate (mutual TLS): it trusts
+    # `client` (certificate, key), a self-signed one (None: no openssl)
+    mtls: Endpoint | None = None
+    client: tuple[str, str] | None = None
 
 
 def _app(peers: dict[str, set[int]], requests: dict[str, int]) -> web.Application:
@@ -250,6 +255,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     peers: dict[str, set[int]] = defaultdict(set)
     requests: dict[str, int] = defaultdict(int)
     cert = make_cert(tmp_path_factory.mktemp("tls"))
+    client = make_cert(tmp_path_factory.mktemp("tls-client"))
 
     async def start() -> tuple[web.AppRunner, asyncio.Server, list[int]]:
         runner = web.AppRunner(_app(peers, requests), shutdown_timeout=0.1)
@@ -257,6 +263,11 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         if cert is not None:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(*cert)
+            await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context).start()
+        if cert is not None and client is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=client[0])
+            context.verify_mode = ssl.CERT_REQUIRED
             context.load_cert_chain(*cert)
             await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context).start()
         raw = await asyncio.start_server(_raw_conn, "127.0.0.1", 0)
@@ -275,6 +286,8 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
         raw=Endpoint("http", "127.0.0.1", raw.sockets[0].getsockname()[1]),
         peers=peers,
         requests=requests,
+        mtls=Endpoint("https", "127.0.0.1", ports[2]) if cert and client else None,
+        client=client,
     )
     background.call(stop())
     background.close()

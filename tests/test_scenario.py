@@ -211,7 +211,10 @@ def test_tls_defaults() -> None:
     assert d.tls_verify is True and d.tls_ca == "/etc/staging-ca.pem"
     data["defaults"] = {"tls": {"verify": False}}
     d = Scenario.from_dict(data).defaults
-    assert d.tls_verify is False and d.tls_ca is None
+    assert d.tls_verify is False and d.tls_ca is None and d.tls_cert is None
+    data["defaults"] = {"tls": {"cert": "client.pem", "key": "client.key"}}
+    d = Scenario.from_dict(data).defaults
+    assert d.tls_verify is True and (d.tls_cert, d.tls_key) == ("client.pem", "client.key")
 
 
 @pytest.mark.parametrize(
@@ -221,6 +224,8 @@ def test_tls_defaults() -> None:
         ({"verify": False, "ca": "ca.pem"}, ("defaults", "tls", "ca"), "of no use"),
         ({"ca": " "}, ("defaults", "tls", "ca"), "PEM file"),
         ({"cafile": "ca.pem"}, ("defaults", "tls", "cafile"), "unknown key"),
+        ({"key": "client.key"}, ("defaults", "tls", "key"), "needs its certificate"),
+        ({"cert": ""}, ("defaults", "tls", "cert"), "client's certificate"),
         ("off", ("defaults", "tls"), "expected a mapping"),
     ],
 )

@@ -25,14 +25,17 @@ pytestmark = pytest.mark.slow
 RATE, SECONDS = 20, 1  # the open phase: 20 requests
 
 
-def https_scenario(servers: Servers, engine: str = "auto", **tls: Any) -> dict[str, Any]:
-    if servers.https is None:
+def https_scenario(
+    servers: Servers, engine: str = "auto", mtls: bool = False, **tls: Any
+) -> dict[str, Any]:
+    target = servers.mtls if mtls else servers.https
+    if target is None:
         pytest.skip("the openssl command is not installed: no self-signed certificate")
     defaults: dict[str, Any] = {"timeout": "5s", "engine": engine}
     if tls:
         defaults["tls"] = tls
     return {
-        "target": servers.https.base_url,
+        "target": target.base_url,
         "defaults": defaults,
         "requests": [{"name": "bytes", "path": "/bytes/100"}],
         "phases": [
@@ -122,3 +125,48 @@ def test_a_missing_or_wrong_ca_file_is_one_line_and_exit_2(
     (line,) = proc.stderr.strip().splitlines()
     assert "scenario.yaml:" in line and "defaults.tls.ca" in line and words in line
     assert str(tmp_path / "ca.pem") in line
+
+
+@pytest.mark.parametrize("engine", ["fast", "aiohttp"])
+def test_a_client_certificate_for_a_server_that_asks(servers: Servers, engine: str) -> None:
+    """Mutual TLS: with the certificate and its key every request is answered; without
+    them the server ends every connection in the handshake."""
+    assert servers.client is not None and servers.https_ca is not None
+    cert, key = servers.client
+    with_cert = https_scenario(servers, engine, mtls=True, ca=servers.https_ca, cert=cert, key=key)
+    run = run_scenario(with_cert, agents=1)
+    assert run.code == 0, run.stderr
+    assert set(run.data["totals"]["outcomes"]) == {"2xx"}
+    assert any(f"client certificate {cert}" in n for n in run.data["engine_notes"])
+    run = run_scenario(https_scenario(servers, engine, mtls=True, ca=servers.https_ca), agents=1)
+    assert run.code == 0, run.stderr
+    assert "2xx" not in run.data["totals"]["outcomes"] and run.data["totals"]["requests"]
+
+
+def test_a_key_that_is_not_the_certificates_is_one_line_and_exit_2(
+    servers: Servers, tmp_path: Path
+) -> None:
+    assert servers.client is not None and servers.https_ca is not None
+    wrong_key = Path(servers.https_ca).with_name("key.pem")  # the server's key
+    scenario = https_scenario(servers, mtls=True, cert=servers.client[0], key=str(wrong_key))
+    proc = loadctl("run", str(write_scenario(scenario, tmp_path)), "--agents", "1")
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert "defaults.tls.cert" in line and "not a PEM certificate with its private key" in line
+
+
+def test_a_client_key_is_not_shipped_over_a_link_without_keys(
+    servers: Servers, tmp_path: Path
+) -> None:
+    """--dry-run: the coordinator refuses before it binds anything."""
+    assert servers.client is not None
+    scenario = https_scenario(servers, mtls=True, cert=servers.client[0], key=servers.client[1])
+    path = write_scenario(scenario, tmp_path)
+    remote = ("--bind", "tcp://192.0.2.1:5555", "--insecure", "--dry-run")
+    proc = loadctl("coordinator", str(path), "--agents", "1", *remote)
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert "private key" in line and "--keys" in line
+    local = ("--bind", "tcp://127.0.0.1:5555", "--dry-run")  # loopback: nothing travels
+    local_proc = loadctl("coordinator", str(path), "--agents", "1", *local)
+    assert local_proc.returncode == 0, local_proc.stderr
