@@ -358,7 +358,8 @@ def start_nginx(tmp: Path, port: int, tls: bool = False) -> subprocess.Popen[byt
     listen = f"127.0.0.1:{port}"
     if tls:
         _self_signed(tmp)
-        listen += f" ssl; ssl_certificate {tmp}/cert.pem; ssl_certificate_key {tmp}/key.pem"
+        listen += f" ssl; ssl_protocols TLSv1.3; ssl_certificate {tmp}/cert.pem"
+        listen += f"; ssl_certificate_key {tmp}/key.pem"
     for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (tmp / sub).mkdir()
     conf = tmp / "nginx.conf"

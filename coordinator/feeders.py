@@ -1,4 +1,4 @@
-"""What the coordinator ships to agents: data rows, Python flows, CA certificates.
+"""What the coordinator ships to agents: data rows, Python flows, TLS certificates.
 
 Both travel inside the Plan (`Plan.files`), over the authenticated link:
 

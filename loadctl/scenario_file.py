@@ -64,9 +64,8 @@ def parse_scenario_text(
         data = _absolute_paths(data, base)
     try:
         scenario = Scenario.from_dict(data, scale=scale)
-        tls = scenario.defaults
-        ships = data.get("data") or _has_python_flow(scenario) or tls.tls_ca or tls.tls_cert
-        if isinstance(data, dict) and ships:
+        files = scenario.defaults.tls_ca or scenario.defaults.tls_cert or data.get("data")
+        if files or _has_python_flow(scenario):  # read and checked now, shipped in plans
             from loadctl.coordinator.feeders import load_payload
 
             load_payload(scenario, base)

@@ -1,8 +1,10 @@
-"""https targets with a certificate no system trusts: `defaults.tls` in real runs.
+"""https targets with a certificate no system trusts, or that ask for a client
+certificate: `defaults.tls` in real runs.
 
 The target is the engine tests' aiohttp server over TLS (tests/http_servers.py),
-with a self-signed certificate for 127.0.0.1, in this process; `loadctl run`,
-its coordinator and agents are real processes.
+with a self-signed certificate for 127.0.0.1, in this process (and the same
+server requiring a client certificate, for mutual TLS); `loadctl run`, its
+coordinator and agents are real processes.
 """
 
 from __future__ import annotations
