@@ -123,9 +123,12 @@ def reply_warnings(totals: dict[str, Any], target: str) -> list[str]:
     if not totals.get("requests") or any(outcomes.get(c) for c in _REPLY_CLASSES):
         return []
     failed = ", ".join(f"{name} {n}" for name, n in sorted(outcomes.items()) if n)
+    tls = ""
+    if target.startswith("https:"):  # a certificate the agents do not trust fails the same way
+        tls = "; over https, also that the agents trust its certificate (defaults.tls: ca)"
     return [
         f"no request got a reply from {target} ({failed}): check that the target is up, "
-        "listens on that address and port, and that the agents' machines can reach it"
+        f"listens on that address and port, and that the agents' machines can reach it{tls}"
     ]
 
 
