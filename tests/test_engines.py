@@ -12,18 +12,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
 
 import pytest
 import uvloop
+from engine_clients import every_path, header, new_client, run, wire_size, with_client
 from http_servers import RAW_SEEN, Servers, payload
 
 from loadctl.agent.engine_fast import Exchange, FastClient, serialise_request
-from loadctl.agent.engines import ENGINES, make_client
+from loadctl.agent.engines import make_client
 from loadctl.agent.fast_conn import BIG_BODY, Pool, Prepared
 from loadctl.agent.http import (
     ConnectFailed,
@@ -37,111 +35,6 @@ from loadctl.agent.http import (
 )
 
 from cluster import free_port
-
-T = TypeVar("T")
-
-
-# -- helpers -----------------------------------------------------------------
-
-
-def run(factory: Callable[[], Awaitable[T]]) -> T:
-    async def main() -> T:
-        return await factory()
-
-    return uvloop.run(main())
-
-
-class _Awaited(Exchange):
-    """An Exchange whose callbacks complete a future (for `SoonClient`)."""
-
-    def __init__(self, fut: asyncio.Future[Reply]) -> None:
-        super().__init__()
-        self.fut = fut
-
-    def replied(self, status: int, nbytes: int) -> None:
-        if not self.fut.done():
-            self.fut.set_result(Reply(status, nbytes))
-
-    def replied_with(self, reply: Reply) -> None:
-        if not self.fut.done():
-            self.fut.set_result(reply)
-
-    def failed(self, error: SendError) -> None:
-        if not self.fut.done():
-            self.fut.set_exception(error)
-
-
-class SoonClient:
-    """The fast engine's callback entry (`send_soon`, which driven users use) behind
-    `HttpClient.send`: the same tests then check it, bodies and headers included."""
-
-    def __init__(self, max_connections: int, **kwargs: Any) -> None:
-        self.inner = FastClient(max_connections, **kwargs)
-
-    async def send(self, request: HttpRequest, timeout: float) -> Reply:
-        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        exchange = _Awaited(fut)
-        self.inner.send_soon(self.inner.prepare(request), timeout, exchange)
-        try:
-            return await fut
-        except asyncio.CancelledError:
-            exchange.cancel()
-            raise
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-
-SOON = "fast-soon"  # the fast engine through send_soon
-
-
-def new_client(engine: str, max_connections: int, **kwargs: Any) -> HttpClient:
-    if engine == SOON:
-        return SoonClient(max_connections, **kwargs)
-    return make_client(engine, max_connections, **kwargs)
-
-
-def with_client(
-    engine: str,
-    body: Callable[[HttpClient], Awaitable[T]],
-    max_connections: int = 16,
-    **kwargs: Any,
-) -> T:
-    async def main() -> T:
-        client = new_client(engine, max_connections, **kwargs)
-        try:
-            return await asyncio.wait_for(body(client), 60)
-        finally:
-            await client.close()
-
-    return run(main)
-
-
-def wire_size(endpoint: Endpoint, path: str) -> int:
-    """Bytes of the server's reply to a GET, as read off a plain socket."""
-    with socket.create_connection((endpoint.host, endpoint.port), timeout=5) as sock:
-        sock.sendall(serialise_request(HttpRequest(endpoint, "GET", path)))
-        data = b""
-        while b"\r\n\r\n" not in data:
-            data += sock.recv(65536)
-        head, _, rest = data.partition(b"\r\n\r\n")
-        length = next(
-            int(line.split(b":")[1])
-            for line in head.split(b"\r\n")
-            if line.lower().startswith(b"content-length:")
-        )
-        while len(rest) < length:
-            rest += sock.recv(65536)
-        return len(head) + 4 + length
-
-
-def header(reply: Reply, name: str) -> str | None:
-    return next((v for k, v in reply.headers if k.lower() == name.lower()), None)
-
-
-# tests that read no body or header also run the fast engine's callback entry
-every_path = pytest.mark.parametrize("engine", [*ENGINES, SOON])
-
 
 # -- both engines ------------------------------------------------------------
 
@@ -566,122 +459,7 @@ def test_one_pool_limit_across_endpoints(servers: Servers, engine: str) -> None:
     assert len(replies) == 24 and all(r.status == 200 for r in replies)
 
 
-# -- engine-specific ---------------------------------------------------------
-
-
-@every_path
-def test_cookies_are_kept_per_client_and_sent_back(servers: Servers, engine: str) -> None:
-    """Set by one reply, sent with the next requests to that server (merged into a
-    request's own Cookie header), replaced when set again; a client without a jar
-    keeps none, and neither does another client."""
-
-    def get(**kwargs: Any) -> HttpRequest:
-        return HttpRequest(servers.http, "GET", "/cookie/get", want_body=True, **kwargs)
-
-    async def body(client: HttpClient) -> list[bytes]:
-        got = []
-        await client.send(HttpRequest(servers.http, "GET", "/cookie/set/abc"), 5)
-        got.append((await client.send(get(), 5)).body)
-        got.append((await client.send(get(headers=(("Cookie", "other=1"),)), 5)).body)
-        await client.send(HttpRequest(servers.http, "GET", "/cookie/set/xyz"), 5)
-        got.append((await client.send(get(), 5)).body)
-        other = new_client(engine, 2, cookies=True)
-        try:
-            got.append((await other.send(get(), 5)).body)
-        finally:
-            await other.close()
-        return got
-
-    assert with_client(engine, body, cookies=True) == [b"abc", b"abc", b"xyz", b"-"]
-
-    async def jarless(client: HttpClient) -> Reply:
-        await client.send(HttpRequest(servers.http, "GET", "/cookie/set/abc"), 5)
-        return await client.send(get(), 5)
-
-    assert with_client(engine, jarless).body == b"-"  # no jar unless asked for
-
-
-def test_a_cookie_and_the_requests_own_cookie_header_go_as_one_header(servers: Servers) -> None:
-    async def body(client: HttpClient) -> Reply:
-        await client.send(HttpRequest(servers.http, "GET", "/cookie/set/abc"), 5)
-        own = (("Cookie", "other=1"), ("X-Test", "1"))
-        return await client.send(
-            HttpRequest(servers.http, "GET", "/echo", headers=own, want_body=True), 5
-        )
-
-    echoed = json.loads(header(with_client("fast", body, cookies=True), "X-Headers") or "{}")
-    assert echoed["cookie"] == "other=1; session=abc"
-
-
-@every_path
-def test_redirects_are_followed_when_asked(servers: Servers, engine: str) -> None:
-    async def body(client: HttpClient) -> tuple[Reply, Reply]:
-        followed = await client.send(
-            HttpRequest(servers.http, "GET", "/redirect", want_body=True, follow_redirects=True), 5
-        )
-        not_followed = await client.send(HttpRequest(servers.http, "GET", "/redirect"), 5)
-        return followed, not_followed
-
-    followed, not_followed = with_client(engine, body)
-    assert followed.status == 200 and followed.body == payload(10)
-    assert not_followed.status == 302
-    # Every reply of the chain counts, the redirect's body too, on both engines.
-    hops = wire_size(servers.http, "/redirect") + wire_size(servers.http, "/bytes/10")
-    assert followed.bytes_in == hops
-
-
-@every_path
-@pytest.mark.parametrize(
-    ("method", "code", "lands_as", "kept"),
-    [
-        ("GET", "", "GET", True),
-        ("POST", "", "GET", False),
-        ("POST", "303", "GET", False),
-        ("POST", "308", "POST", True),
-    ],
-)
-def test_a_chain_of_redirects_by_aiohttps_rules(
-    servers: Servers, engine: str, method: str, code: str, lands_as: str, kept: bool
-) -> None:
-    """Four hops (relative, absolute, to another origin) then a 307 to /echo: a POST
-    becomes a GET at a 302 or 303 and loses its body, stays a POST with its body at
-    a 308 (and the 307), a GET keeps what it had; Authorization does not reach the
-    other origin."""
-    path = f"/hops/{code + '-' if code else ''}4"
-    headers = (("Authorization", "Bearer t"), ("X-Keep", "1"))
-    request = HttpRequest(
-        servers.http, method, path, headers, b"payload", want_body=True, follow_redirects=True
-    )
-
-    async def body(client: HttpClient) -> Reply:
-        return await client.send(request, 5)
-
-    reply = with_client(engine, body)
-    assert reply.status == 200
-    assert header(reply, "X-Method") == lands_as
-    assert reply.body == (b"payload" if kept else b"")
-    echoed = json.loads(header(reply, "X-Headers") or "{}")
-    assert echoed["x-keep"] == "1" and "authorization" not in echoed
-    assert echoed["host"].startswith("localhost:")  # it went to the other origin
-
-
-@every_path
-def test_redirects_without_end_or_location(servers: Servers, engine: str) -> None:
-    async def body(client: HttpClient) -> tuple[Reply, str]:
-        nowhere = await client.send(
-            HttpRequest(servers.http, "GET", "/hops/none", follow_redirects=True), 5
-        )
-        try:
-            await client.send(
-                HttpRequest(servers.http, "GET", "/hops/loop", follow_redirects=True), 5
-            )
-        except SendError as exc:
-            return nowhere, str(exc)
-        return nowhere, ""
-
-    nowhere, loop_error = with_client(engine, body)
-    assert nowhere.status == 302  # a redirect without a Location is the reply
-    assert "redirect" in loop_error.lower()
+# -- the fast engine alone ---------------------------------------------------
 
 
 def test_fast_timed_out_connection_is_not_reused(servers: Servers) -> None:
