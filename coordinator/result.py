@@ -27,7 +27,7 @@ from typing import Any
 
 from loadctl import __version__
 from loadctl.coordinator.run import Coordinator
-from loadctl.coordinator.stats import Totals
+from loadctl.coordinator.stats import REPLY_OUTCOMES, Totals
 from loadctl.protocol.histogram import Histogram
 from loadctl.protocol.scenario import Phase
 
@@ -113,14 +113,11 @@ def cpu_warnings(agents: Iterable[dict[str, Any]]) -> list[str]:
     return out
 
 
-_REPLY_CLASSES = ("2xx", "3xx", "4xx", "5xx")
-
-
 def reply_warnings(totals: dict[str, Any], target: str) -> list[str]:
     """A run in which requests were sent and not one got an HTTP reply measured the
     network's refusals or silence, not the target: say so, with what to check."""
     outcomes: dict[str, int] = totals.get("outcomes") or {}
-    if not totals.get("requests") or any(outcomes.get(c) for c in _REPLY_CLASSES):
+    if not totals.get("requests") or any(outcomes.get(c) for c in REPLY_OUTCOMES):
         return []
     failed = ", ".join(f"{name} {n}" for name, n in sorted(outcomes.items()) if n)
     tls = ""

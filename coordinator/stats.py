@@ -17,6 +17,7 @@ from loadctl.protocol.messages import Series, Snapshot
 
 PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9, 99.99)
 ERROR_OUTCOMES = ("4xx", "5xx", "timeout", "connect_error", "error")
+REPLY_OUTCOMES = ("2xx", "3xx", "4xx", "5xx")  # the target answered (with a status)
 _MS = 1e6  # nanoseconds per millisecond
 
 
