@@ -41,6 +41,19 @@ if TYPE_CHECKING:
 log = logging.getLogger("loadctl.agent")
 
 _RECONCILE = 0.1  # seconds between controller passes
+# past an edge: uvloop's timers count whole milliseconds and may fire up to 1 ms early
+_EDGE_SLACK = 0.001
+
+
+def _next_pass(t: float, duration: float, to_stop: float) -> float:
+    """Seconds to the controller's next pass: `_RECONCILE`, or less so that the users
+    start when the phase does and stop when it ends (a pass 0.1 s late gave each user up
+    to 0.1 s more of iterations than the phase asked for)."""
+    wait = _RECONCILE
+    for edge in (-t, duration - t, to_stop):  # the phase's start, its end, a plan's cut
+        if edge > 0:
+            wait = min(wait, edge + _EDGE_SLACK)
+    return wait
 
 
 def think_seconds(think: ThinkTime, rng: random.Random) -> float:
@@ -175,7 +188,7 @@ async def run_user_phase(runner: Runner, state: PhaseState) -> None:
             )
             if ending and not users:
                 return
-            await asyncio.sleep(_RECONCILE)
+            await asyncio.sleep(_next_pass(t, phase.duration, state.stop_at - now))
     finally:
         state.active_users = 0
         # A Stop with a drain lets the users awaiting a reply finish it (they then see
