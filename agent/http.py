@@ -13,23 +13,6 @@ from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import urlsplit
 
-# Outcome classes, in report order. "dropped" is decided by the scheduler (an
-# arrival that could not start), never by an engine; "cancelled" is a request
-# that was sent but abandoned when the run was stopped (the target may have
-# seen it, so it is counted, though it is nobody's error).
-OUTCOMES: tuple[str, ...] = (
-    "2xx",
-    "3xx",
-    "4xx",
-    "5xx",
-    "timeout",
-    "connect_error",
-    "error",
-    "cancelled",
-    "dropped",
-)
-
-
 _BY_CLASS = ("error", "error", "2xx", "3xx", "4xx", "5xx")  # by status // 100
 
 

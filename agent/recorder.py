@@ -24,6 +24,7 @@ import numpy as np
 from loadctl.protocol.histogram import Histogram
 from loadctl.protocol.histogram_table import to_table
 from loadctl.protocol.messages import Series
+from loadctl.protocol.outcomes import REPLY_OUTCOMES
 
 if TYPE_CHECKING:
     from loadctl.agent._lane import Lane
@@ -78,8 +79,8 @@ class SeriesBuffer:
 
 
 # Outcomes that got an HTTP status: their latency is a real response time.
-_TIMED = frozenset({"2xx", "3xx", "4xx", "5xx"})
-_LANE_OUTCOMES = ("2xx", "3xx", "4xx", "5xx")  # the order of Lane.take's counts
+_TIMED = frozenset(REPLY_OUTCOMES)
+_LANE_OUTCOMES = REPLY_OUTCOMES  # also the order of Lane.take's counts
 
 
 def _histogram(seconds: list[float]) -> Histogram:

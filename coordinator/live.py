@@ -25,8 +25,9 @@ from rich.text import Text
 
 from loadctl.coordinator.result import CPU_WARN_PERCENT, interval_targets
 from loadctl.coordinator.run import Coordinator
-from loadctl.coordinator.stats import ERROR_OUTCOMES, Totals
+from loadctl.coordinator.stats import Totals
 from loadctl.coordinator.thresholds import Cumulative, ThresholdMonitor
+from loadctl.protocol.outcomes import ERROR_OUTCOMES
 
 _MS = 1e6
 LOG_EVERY = 5.0  # seconds between plain log lines

@@ -27,8 +27,9 @@ from typing import Any
 
 from loadctl import __version__
 from loadctl.coordinator.run import Coordinator
-from loadctl.coordinator.stats import REPLY_OUTCOMES, Totals
+from loadctl.coordinator.stats import Totals
 from loadctl.protocol.histogram import Histogram
+from loadctl.protocol.outcomes import REPLY_OUTCOMES
 from loadctl.protocol.scenario import Phase
 
 SCHEMA = "loadctl.result/1"

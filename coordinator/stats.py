@@ -14,10 +14,9 @@ from typing import Any
 from loadctl.protocol.histogram import Histogram, HistogramBatch, WireParts
 from loadctl.protocol.histogram_table import decode_tables
 from loadctl.protocol.messages import Series, Snapshot
+from loadctl.protocol.outcomes import ERROR_OUTCOMES
 
 PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9, 99.99)
-ERROR_OUTCOMES = ("4xx", "5xx", "timeout", "connect_error", "error")
-REPLY_OUTCOMES = ("2xx", "3xx", "4xx", "5xx")  # the target answered (with a status)
 _MS = 1e6  # nanoseconds per millisecond
 
 

@@ -126,7 +126,7 @@ class Series:
     phase: str
     name: str
     arrivals: int  # arrivals whose intended time fell in this interval
-    outcomes: dict[str, int]  # outcome class -> completed count (see agent.http.OUTCOMES)
+    outcomes: dict[str, int]  # outcome class -> completed count (see protocol.outcomes)
     bytes_in: int = 0
     checks_passed: int = 0
     checks_failed: int = 0

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from loadctl.coordinator.reports.data import interval_rows
-from loadctl.coordinator.stats import ERROR_OUTCOMES
+from loadctl.protocol.outcomes import ERROR_OUTCOMES
 
 COLUMNS = (
     "interval",

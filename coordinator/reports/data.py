@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from loadctl.coordinator.result import SCHEMA, latency_histogram
-from loadctl.coordinator.stats import ERROR_OUTCOMES, histogram_summary
+from loadctl.coordinator.stats import histogram_summary
 from loadctl.protocol.histogram import Histogram, HistogramWireError
+from loadctl.protocol.outcomes import ERROR_OUTCOMES
 
 LAT_KEYS = ("p50", "p90", "p95", "p99", "p99.9", "max")
 BELOW_TARGET = 0.99  # an open-model phase that sent less than this share of its target

@@ -28,8 +28,8 @@ from loadctl.coordinator.reports.data import (
 )
 from loadctl.coordinator.reports.svg import Axis, Band, Line, chart, wants_log_y
 from loadctl.coordinator.result import CPU_WARN_PERCENT, latency_histogram
-from loadctl.coordinator.stats import ERROR_OUTCOMES
 from loadctl.protocol.histogram import HistogramWireError
+from loadctl.protocol.outcomes import ERROR_OUTCOMES
 
 _MAX_SPECTRUM_LINES = 6
 
