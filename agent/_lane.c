@@ -9,8 +9,8 @@
  * C: a user that sends static requests again and again (a cycle: one request, the
  * steps of a sequence, or one period of a mix's picks, each with its own series and
  * timeout, all to one server) with no think time and nothing to check in the
- * replies. The connection's `data_received` frames the reply, records it and
- * writes the cycle's next request.
+ * replies beyond their status. The connection's `data_received` frames the reply,
+ * records it and writes the cycle's next request.
  *
  * What makes that safe is that the lane only ever takes the easy case and hands
  * everything else back, unchanged, to the Python path that existed before it:
@@ -32,7 +32,13 @@
  *   `_lane_complete`, which completes it the Python way: the user records it,
  *   checks the stop, the interval and the dead-man switch, and sends on.
  *
- * What the lane records per series (arrivals, outcomes by class, bytes, one latency
+ * - Checks: a series may come with the statuses its checks accept (`checks`: every
+ *   check of its step is a `status` check, the commonest). A reply whose status they
+ *   accept counts the step's checks as passed; any other is handed back, and the
+ *   user judges it as it judges every reply (it counts, and logs, the failure).
+ *
+ * What the lane records per series (arrivals, outcomes by class, bytes, checks passed,
+ * one latency
  * per reply: in a closed loop with no think time the intended start is the send, so
  * latency and service time are equal and the send lag is 0) it keeps until the
  * recorder takes it (`take`) when it cuts the interval. Replies it hands back are
@@ -180,10 +186,14 @@ static Py_ssize_t parse_head(const char *buf, Py_ssize_t n, int *status, long lo
 /* Lane: one user's loop over a cycle of requests, and what it recorded since the
  * last `take`, per series (request name). */
 
+#define STATUSES 600 /* a series' accepted statuses: a byte per status 0-599 */
+
 typedef struct {
-    long long arrivals, counts[4], bytes_in;
+    long long arrivals, counts[4], bytes_in, checks_passed;
     double *seconds; /* one latency per reply */
     Py_ssize_t n, cap;
+    unsigned char *accept; /* STATUSES bytes, or NULL: no checks, any status goes on */
+    long long checks;      /* the checks an accepted reply passes */
 } Record;
 
 typedef struct {
@@ -206,8 +216,10 @@ typedef struct {
 
 static void lane_free_arrays(Lane *self) {
     if (self->records != NULL) {
-        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(self->names); i++)
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(self->names); i++) {
             PyMem_Free(self->records[i].seconds);
+            PyMem_Free(self->records[i].accept);
+        }
     }
     PyMem_Free(self->records);
     PyMem_Free(self->series);
@@ -217,12 +229,44 @@ static void lane_free_arrays(Lane *self) {
     self->timeouts = NULL;
 }
 
-/* Lane(driver, cycle, waiters, phase): cycle is a sequence of (wire, timeout, name). */
-static int lane_init(Lane *self, PyObject *args, PyObject *kwds) {
-    static char *kw[] = {"driver", "cycle", "waiters", "phase", NULL};
-    PyObject *driver, *cycle, *waiters, *phase;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOU", kw, &driver, &cycle, &waiters, &phase))
+/* A series' checks, from `checks` (name -> (accepted statuses, checks)), if it has any. */
+static int series_checks(Record *r, PyObject *checks, PyObject *name) {
+    if (checks == NULL || checks == Py_None) return 0;
+    PyObject *item = PyDict_GetItemWithError(checks, name);
+    if (item == NULL) return PyErr_Occurred() ? -1 : 0;
+    PyObject *accept;
+    long long n;
+    if (!PyTuple_Check(item)) {
+        PyErr_SetString(PyExc_TypeError, "a series' checks are a tuple (accepted, count)");
         return -1;
+    }
+    if (!PyArg_ParseTuple(item, "SL", &accept, &n)) return -1;
+    if (PyBytes_GET_SIZE(accept) != STATUSES || n < 1) {
+        PyErr_SetString(PyExc_ValueError, "a series' checks are (600 bytes, a count >= 1)");
+        return -1;
+    }
+    r->accept = PyMem_Malloc(STATUSES);
+    if (r->accept == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memcpy(r->accept, PyBytes_AS_STRING(accept), STATUSES);
+    r->checks = n;
+    return 0;
+}
+
+/* Lane(driver, cycle, waiters, phase, checks=None): cycle is a sequence of (wire,
+ * timeout, name); checks a dict of name -> (accepted statuses, checks). */
+static int lane_init(Lane *self, PyObject *args, PyObject *kwds) {
+    static char *kw[] = {"driver", "cycle", "waiters", "phase", "checks", NULL};
+    PyObject *driver, *cycle, *waiters, *phase, *checks = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOU|O", kw, &driver, &cycle, &waiters, &phase,
+                                     &checks))
+        return -1;
+    if (checks != NULL && checks != Py_None && !PyDict_Check(checks)) {
+        PyErr_SetString(PyExc_TypeError, "checks must be a dict or None");
+        return -1;
+    }
     if (self->wires != NULL) {
         PyErr_SetString(PyExc_TypeError, "a Lane is initialised once");
         return -1;
@@ -265,6 +309,9 @@ static int lane_init(Lane *self, PyObject *args, PyObject *kwds) {
         PyErr_NoMemory();
         goto fail;
     }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(self->names); i++)
+        if (series_checks(&self->records[i], checks, PyTuple_GET_ITEM(self->names, i)) < 0)
+            goto fail;
     Py_DECREF(items);
     Py_DECREF(names);
     self->wires = wires;
@@ -339,7 +386,8 @@ static int lane_ready(Lane *self) {
 }
 
 PyDoc_STRVAR(lane_take_doc,
-"take() -> [(name, arrivals, (n2xx, n3xx, n4xx, n5xx), bytes_in, latencies), ...]\n\n"
+"take() -> [(name, arrivals, (n2xx, n3xx, n4xx, n5xx), bytes_in, checks_passed,\n"
+"latencies), ...]\n\n"
 "What the lane recorded since the last take, per series that has anything\n"
 "(latencies: float64 seconds, native order, one per reply); it starts over.");
 
@@ -353,14 +401,14 @@ static PyObject *lane_take(Lane *self, PyObject *unused) {
         PyObject *raw = PyBytes_FromStringAndSize((const char *)r->seconds,
                                                   r->n * (Py_ssize_t)sizeof(double));
         if (raw == NULL) goto fail;
-        PyObject *item = Py_BuildValue("OL(LLLL)LN", PyTuple_GET_ITEM(self->names, i),
+        PyObject *item = Py_BuildValue("OL(LLLL)LLN", PyTuple_GET_ITEM(self->names, i),
                                        r->arrivals, r->counts[0], r->counts[1], r->counts[2],
-                                       r->counts[3], r->bytes_in, raw);
+                                       r->counts[3], r->bytes_in, r->checks_passed, raw);
         if (item == NULL) goto fail;
         int rc = PyList_Append(out, item);
         Py_DECREF(item);
         if (rc < 0) goto fail;
-        r->arrivals = r->bytes_in = 0;
+        r->arrivals = r->bytes_in = r->checks_passed = 0;
         memset(r->counts, 0, sizeof r->counts);
         r->n = 0;
         if (r->cap > 65536) { /* a burst does not keep its memory */
@@ -417,9 +465,10 @@ static PyGetSetDef lane_getset[] = {
 static PyTypeObject LaneType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "loadctl.agent._lane.Lane",
-    .tp_doc = PyDoc_STR("Lane(driver, cycle, waiters, phase): a user's closed loop over a "
-                        "cycle of static requests ((wire, timeout, name), ...), run by its "
-                        "connection."),
+    .tp_doc = PyDoc_STR("Lane(driver, cycle, waiters, phase, checks=None): a user's closed "
+                        "loop over a cycle of static requests ((wire, timeout, name), ...), "
+                        "run by its connection; checks: {name: (accepted statuses as 600 "
+                        "bytes, checks passed by each)}."),
     .tp_basicsize = sizeof(Lane),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_new = PyType_GenericNew,
@@ -503,16 +552,18 @@ static PyObject *complete(ConnCore *self, int keep) {
     int status = self->status;
     int go = keep && lane->enabled && end < lane->until && self->writer != NULL &&
              lane->waiters != NULL; /* NULL: cleared by the garbage collector */
+    Record *r = &lane->records[lane->series[lane->pos]];
+    if (go && r->accept != NULL) go = r->accept[status]; /* else the user judges it */
     if (go) {
         Py_ssize_t waiting = PyObject_Length(lane->waiters);
         if (waiting < 0) return NULL;
         go = waiting == 0;
     }
     if (go) {
-        Record *r = &lane->records[lane->series[lane->pos]];
         if (record_keep(r, end - lane->sent) < 0) return NULL;
         r->counts[status / 100 - 2]++;
         r->bytes_in += self->nbytes;
+        r->checks_passed += r->checks;
         Py_ssize_t pos = lane->pos + 1 < lane->length ? lane->pos + 1 : 0;
         lane->pos = pos;
         lane->advanced++;
@@ -530,9 +581,9 @@ static PyObject *complete(ConnCore *self, int keep) {
     if (detach(self) < 0) return NULL;
     PyObject *code = PyLong_FromLong(status);
     if (code == NULL) return NULL;
-    PyObject *r = PyObject_CallMethodOneArg((PyObject *)self, str_lane_complete, code);
+    PyObject *done = PyObject_CallMethodOneArg((PyObject *)self, str_lane_complete, code);
     Py_DECREF(code);
-    return r;
+    return done;
 }
 
 static PyObject *core_data_received(ConnCore *self, PyObject *data) {

@@ -1,5 +1,5 @@
 # The fast engine's compiled lane (agent/_lane.c).
-from collections.abc import Callable, Sequence, Sized
+from collections.abc import Callable, Mapping, Sequence, Sized
 
 class Lane:
     enabled: bool
@@ -18,8 +18,9 @@ class Lane:
         cycle: Sequence[tuple[bytes, float, str]],
         waiters: Sized,
         phase: str,
+        checks: Mapping[str, tuple[bytes, int]] | None = None,
     ) -> None: ...
-    def take(self) -> list[tuple[str, int, tuple[int, int, int, int], int, bytes]]: ...
+    def take(self) -> list[tuple[str, int, tuple[int, int, int, int], int, int, bytes]]: ...
 
 class ConnCore:
     nbytes: int

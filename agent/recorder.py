@@ -128,9 +128,10 @@ class Recorder:
         """Add what `lane` recorded since it was last taken to its series' buffers: in
         a closed loop with no think time latency and service time are the same, and
         the send lag is 0."""
-        for name, arrivals, counts, nbytes, raw in lane.take():
+        for name, arrivals, counts, nbytes, passed, raw in lane.take():
             buffer = self.series(lane.phase, name)
             buffer.arrivals += arrivals
+            buffer.checks_passed += passed
             for outcome, n in zip(_LANE_OUTCOMES, counts, strict=True):
                 if n:
                     buffer.count(outcome, n)

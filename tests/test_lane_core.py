@@ -66,13 +66,14 @@ def core_type() -> type:
 
 def setup(
     cycle: list[tuple[bytes, float, str]] | None = None,
+    checks: dict[str, tuple[bytes, int]] | None = None,
 ) -> tuple[Any, Any, Driver, collections.deque[Any]]:
     """A connection with a lane whose request (the cycle's first) is in flight."""
     assert fast_conn.LANE is not None
     driver = Driver()
     waiters: collections.deque[Any] = collections.deque()
     lane = fast_conn.LANE.Lane(
-        driver, cycle or [(b"GET /a", 1.0, "a"), (b"GET /b", 2.0, "b")], waiters, "p"
+        driver, cycle or [(b"GET /a", 1.0, "a"), (b"GET /b", 2.0, "b")], waiters, "p", checks
     )
     lane.sent = time.perf_counter()
     lane.until = math.inf
@@ -80,6 +81,11 @@ def setup(
     conn = core_type()()
     conn.lane = lane
     return conn, lane, driver, waiters
+
+
+def accepting(*statuses: int) -> bytes:
+    """A series' accepted statuses as the lane takes them: a byte per status 0-599."""
+    return bytes(status in statuses for status in range(600))
 
 
 def latencies(raw: bytes) -> list[float]:
@@ -101,9 +107,9 @@ def test_a_reply_is_recorded_and_the_next_request_of_the_cycle_written() -> None
     assert conn.written == [b"GET /b", b"GET /a"] and lane.pos == 0
     taken = {name: rest for name, *rest in lane.take()}
     # a: replied (200, its bytes) and sent again; b: sent once, replied 503
-    assert taken["a"][:3] == [1, (1, 0, 0, 0), len(PLAIN)]
-    assert taken["b"][:3] == [1, (0, 0, 0, 1), len(BUSY)]
-    assert all(0 <= s < 1 for s in latencies(taken["a"][3]) + latencies(taken["b"][3]))
+    assert taken["a"][:4] == [1, (1, 0, 0, 0), len(PLAIN), 0]  # no checks: none passed
+    assert taken["b"][:4] == [1, (0, 0, 0, 1), len(BUSY), 0]
+    assert all(0 <= s < 1 for s in latencies(taken["a"][4]) + latencies(taken["b"][4]))
     assert lane.take() == []  # it started over
     assert driver.detached == [] and conn.lane is lane
 
@@ -116,8 +122,8 @@ def test_a_body_over_several_reads_completes_once() -> None:
     assert conn.nbytes == 0
     taken = {name: rest for name, *rest in lane.take()}
     # a: its reply, over three reads; b: sent by the lane, no reply yet
-    assert taken["a"][:3] == [0, (1, 0, 0, 0), len(PLAIN)] and len(latencies(taken["a"][3])) == 1
-    assert taken["b"] == [1, (0, 0, 0, 0), 0, b""]
+    assert taken["a"][:3] == [0, (1, 0, 0, 0), len(PLAIN)] and len(latencies(taken["a"][4])) == 1
+    assert taken["b"] == [1, (0, 0, 0, 0), 0, 0, b""]
 
 
 def test_bytes_past_the_reply_hand_it_back_and_close() -> None:
@@ -157,6 +163,31 @@ def test_the_lane_hands_the_reply_back_when_it_may_not_go_on(why: str) -> None:
     assert lane.take() == []  # the user records the reply it was handed
 
 
+def test_a_status_its_checks_accept_passes_them_and_the_lane_goes_on() -> None:
+    """`a` has two status checks that a 200 passes: each 200 counts both as passed;
+    `b` has none, and any status goes on."""
+    conn, lane, driver, _ = setup(checks={"a": (accepting(200, 201), 2)})
+    conn.data_received(PLAIN)  # a's reply
+    conn.data_received(BUSY)  # b's
+    conn.data_received(PLAIN)  # a's again
+    assert conn.written == [b"GET /b", b"GET /a", b"GET /b"] and conn.handed_back == []
+    taken = {name: rest for name, *rest in lane.take()}
+    assert taken["a"][:4] == [1, (2, 0, 0, 0), 2 * len(PLAIN), 4]
+    assert taken["b"][:4] == [2, (0, 0, 0, 1), len(BUSY), 0]
+    assert driver.detached == []
+
+
+def test_a_status_its_checks_refuse_is_handed_back_for_the_user_to_judge() -> None:
+    """A 503 where the checks want a 200: the lane neither records nor counts it; the
+    user gets it (`_lane_complete`), as it gets every reply the lane does not take."""
+    conn, lane, driver, _ = setup(checks={"a": (accepting(200), 1)})
+    conn.data_received(BUSY)
+    assert conn.written == [] and conn.lane is None and lane.sends == 0
+    assert conn.handed_back == [(503, len(BUSY), True)]
+    assert driver.detached == [(lane.sent, conn.deadline, 0)]
+    assert lane.take() == []
+
+
 def test_detach_lane_tells_the_user_and_is_idempotent() -> None:
     conn, lane, driver, _ = setup()
     conn.data_received(PLAIN)
@@ -186,6 +217,15 @@ def test_what_it_refuses() -> None:
         conn.lane = "lane"
     with pytest.raises(TypeError, match="once"):
         lane.__init__(Driver(), [(b"GET /", 1.0, "a")], collections.deque(), "p")
+    cycle = [(b"GET /", 1.0, "a")]
+    with pytest.raises(TypeError, match="dict"):
+        Lane(Driver(), cycle, collections.deque(), "p", [("a", (accepting(200), 1))])
+    with pytest.raises(ValueError, match="600 bytes"):
+        Lane(Driver(), cycle, collections.deque(), "p", {"a": (accepting(200)[:599], 1)})
+    with pytest.raises(ValueError, match="600 bytes"):
+        Lane(Driver(), cycle, collections.deque(), "p", {"a": (accepting(200), 0)})
+    with pytest.raises(TypeError):
+        Lane(Driver(), cycle, collections.deque(), "p", {"a": "200"})
 
 
 def test_a_writer_that_raises_propagates() -> None:
@@ -211,7 +251,7 @@ def test_it_keeps_no_memory_from_reply_to_reply() -> None:
             if i % 1000 == 999:
                 lane.take()
                 conn.written.clear()
-        other, other_lane, _, _ = setup()
+        other, other_lane, _, _ = setup(checks={"a": (accepting(200), 1)})  # freed too
         other.data_received(PLAIN)
         other.detach_lane()
         other_lane.take()
