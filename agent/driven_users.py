@@ -22,9 +22,11 @@ and body when a check or extraction reads them) is judged by the same function
 calls never wait): a `unique-per-user` row when the user starts, any other mode's
 next row when an iteration starts; a user whose feeder has no row left ends.
 
-A user that sends static requests again and again (one, a sequence, or a mix), with
-no think time, no data rows and nothing to judge in its replies (the commonest heavy
-load), goes one step further: its `Lane` (agent/_lane.c) lets its connection record
+A user that sends the same requests again and again (one, a sequence, or a mix:
+static, or templated only with what stays the user's, such as `${user_id}`, and
+then rendered once when the user starts), with no think time, no data rows and
+nothing to judge in its replies but their status (the commonest heavy load), goes
+one step further: its `Lane` (agent/_lane.c) lets its connection record
 each reply and write the next request in C, with no Python call at all, until the
 interval ends, the dead-man switch's time comes, the user stops or the run aborts
 (`Lane.enabled`, cleared by `_User.stop` and `Runner.abort`), another request
@@ -42,6 +44,7 @@ as the coroutine users do.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
@@ -99,6 +102,7 @@ class DrivenUser(Exchange):
         judge: Judge,
         own_client: bool = False,
         feeder: Feeder | None = None,
+        fixed: frozenset[str] = frozenset(),
     ) -> None:
         super().__init__()
         # a feeder's rows: the user's own, taken when it starts, or one per iteration
@@ -124,6 +128,11 @@ class DrivenUser(Exchange):
             for s in mix.specs
             if not steps[s.name].templated
         }
+        for s in mix.specs:  # templated with names that stay the user's: rendered once
+            if steps[s.name].per_user(fixed):
+                # one that cannot be sent fails as each request is built, as before
+                with contextlib.suppress(SendError):
+                    self.ready[s.name] = client.prepare(steps[s.name].build(me), keep=False)
         self.heads: dict[str, Prepared] = {  # their static forms, for the header block
             s.name: client.prepare(steps[s.name].static)
             for s in mix.specs
@@ -150,12 +159,19 @@ class DrivenUser(Exchange):
         self.lane = user.lane = self._make_lane(feeder)
 
     def _make_lane(self, feeder: Feeder | None) -> Lane | None:
-        """The user's compiled lane (agent/_lane.c), if it can have one: static
-        requests to one server with nothing to judge in their replies, no think time
-        and no data rows. Its cycle is the sequence's steps, or one period of the
-        mix's picks (`_lane_pos` says where the user is in it)."""
-        if LANE is None or feeder is not None or self.pause is not None or self.judged:
+        """The user's compiled lane (agent/_lane.c), if it can have one: requests
+        ready for all of the user's life (`ready`) to one server, with nothing to judge
+        in their replies but status checks, no think time and no data rows. Its cycle
+        is the sequence's steps, or one period of the mix's picks (`_lane_pos` says
+        where the user is in it)."""
+        if LANE is None or feeder is not None or self.pause is not None:
             return None
+        checks = {}
+        for name in self.judged:
+            table = self.steps[name].status_table()
+            if table is None:
+                return None  # it extracts, reads the body, or goes on only if it passed
+            checks[name] = table
         mix = self.mix
         if self.sequence:
             names = [s.name for s in mix.specs]
@@ -175,7 +191,7 @@ class DrivenUser(Exchange):
                 return None  # another server: another connection
             cycle.append((ready.wire, self.timeouts[name], name))
         self.lane_names = names
-        lane = LANE.Lane(self, cycle, self.fast_client.waiters, self.phase.name)
+        lane = LANE.Lane(self, cycle, self.fast_client.waiters, self.phase.name, checks)
         return cast("Lane", lane)  # LANE is a module found at run time: its names are Any
 
     def _lane_pos(self) -> int:

@@ -41,6 +41,7 @@ from loadctl.protocol.journey import (
     json_templates,
     parse_template,
     parse_variables,
+    request_refs,
     text_of,
 )
 from loadctl.protocol.scenario import RequestSpec, Scenario
@@ -219,8 +220,7 @@ def check(item: Check, view: ReplyView, state: UserState) -> bool:
     if view.reply is None:
         return False
     if item.kind == "status":
-        status = str(view.status)
-        return any(s == status or (s.endswith("xx") and s[0] == status[0]) for s in item.statuses)
+        return status_matches(item.statuses, view.status)
     if item.kind == "json":
         document = view.json()
         value = MISSING if document is MISSING else json_lookup(document, item.json_path)
@@ -236,6 +236,12 @@ def check(item: Check, view: ReplyView, state: UserState) -> bool:
     if found is None:
         return False
     return not item.has_equals or found == render(item.equals, state)
+
+
+def status_matches(statuses: tuple[str, ...], status: int) -> bool:
+    """Whether `status` is one of a status check's: "200", or a class such as "2xx"."""
+    code = str(status)
+    return any(s == code or (s.endswith("xx") and s[0] == code[0]) for s in statuses)
 
 
 def same(value: Any, expected: Any) -> bool:
@@ -271,6 +277,7 @@ class Step:
         self.extracts = spec.extract
         self.checks = spec.check
         self.evaluates = bool(spec.extract or spec.check or spec.abort_on_fail)
+        self.refs = frozenset(ref.name for ref, _ in request_refs(spec, ()))
         self.path = parse_template(spec.path)
         self.headers = [(k, parse_template(v)) for k, v in spec.headers]
         body = spec.body.decode("utf-8", "replace") if spec.body else ""
@@ -286,6 +293,26 @@ class Step:
         self.templated = self.templated_body or not is_static(self.path) or not static_headers
         # only the path changes per request: a prepared head can take a new request line
         self.path_only = self.templated and not self.templated_body and static_headers
+
+    def per_user(self, fixed: frozenset[str]) -> bool:
+        """Templated, but only with names in `fixed` (`fixed_names`): it renders the
+        same for all of a user's requests, so it can be rendered once per user."""
+        return self.templated and self.refs <= fixed
+
+    def status_table(self) -> tuple[bytes, int] | None:
+        """For the compiled lane (agent/_lane.c): when every check of the step is a
+        status check and it has nothing else to do with a reply (no extraction,
+        `once` or `abort_on_fail`), the statuses they all accept (a byte per status
+        0-599) and how many checks each such reply passes; else None."""
+        spec = self.spec
+        if not self.checks or self.extracts or spec.once or spec.abort_on_fail:
+            return None
+        if any(c.kind != "status" for c in self.checks):
+            return None
+        accept = bytes(
+            all(status_matches(c.statuses, status) for c in self.checks) for status in range(600)
+        )
+        return accept, len(self.checks)
 
     def build(self, state: UserState) -> HttpRequest:
         if not self.templated:
@@ -352,6 +379,13 @@ def _has_refs(value: Any) -> bool:
 
 def needs_body(spec: RequestSpec) -> bool:
     return bool(spec.extract) or any(c.needs_body for c in spec.check)
+
+
+def fixed_names(scenario: Scenario, variables: Mapping[str, Any]) -> frozenset[str]:
+    """Names whose value a user keeps for all its life: its id and the scenario's
+    variables, unless an extraction writes them (row fields change with the row)."""
+    extracted = {e.var for r in scenario.requests for e in r.extract}
+    return frozenset(({"user_id"} | set(variables)) - extracted)
 
 
 def initial_vars(scenario: Scenario) -> dict[str, Any]:

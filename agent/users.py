@@ -29,7 +29,7 @@ from loadctl.agent.engine_fast import FastClient
 from loadctl.agent.feeders import NO_ROW, Feeder, load_feeders
 from loadctl.agent.flows import FlowFunction, FlowUser, exception_series, load_flow
 from loadctl.agent.http import Endpoint, HttpClient, Reply
-from loadctl.agent.journey import ReplyView, Step, UserState, initial_vars
+from loadctl.agent.journey import ReplyView, Step, UserState, fixed_names, initial_vars
 from loadctl.agent.requests import Mix, steps
 from loadctl.protocol.journey import is_python_flow
 from loadctl.protocol.scenario import Phase, ThinkTime
@@ -73,6 +73,7 @@ class Journeys:
         self.endpoint = Endpoint.parse(runner.scenario.target)
         self.steps: dict[str, Step] = steps(runner.scenario)
         self.vars = initial_vars(runner.scenario)
+        self.fixed = fixed_names(runner.scenario, self.vars)  # see Step.per_user
         self._feeders: dict[str, Feeder] | None = None
         self._flows: dict[str, FlowFunction] = {}
         self.flow_names: dict[str, set[str]] = {}  # phase -> request names its flow used
@@ -151,8 +152,9 @@ async def run_user_phase(runner: Runner, state: PhaseState) -> None:
             judge = functools.partial(_evaluate, runner, kit, phase, jar=_jar_of(client))
             feeder = kit.feeder(phase.data) if phase.data is not None else None
             driver = DrivenUser(
-                runner, phase, mix, kit.steps, client, user, pause, me, judge, own, feeder
-            )
+                runner, phase, mix, kit.steps, client, user, pause, me, judge, own, feeder,
+                kit.fixed,
+            )  # fmt: skip
             task = loop.create_task(driver.run())
         else:
             task = loop.create_task(_user_loop(runner, state, mix, user))

@@ -91,7 +91,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             async for path, _ in read_requests(reader):
                 found.seen.append(time.perf_counter())
                 found.paths[path] += 1
-                script = SCRIPTS[path]
+                script = SCRIPTS[path.partition("?")[0]]
                 served += 1
                 if script.drop_at and served >= script.drop_at:
                     found.unanswered[path] += 1
@@ -137,6 +137,7 @@ class Run:
     by_name: Counter[tuple[str, str]] = field(default_factory=Counter)  # (name, outcome)
     latencies: int = 0  # values in the latency histograms
     timed: int = 0  # replies with a status (what the latency histograms must hold)
+    checks: Counter[tuple[str, str]] = field(default_factory=Counter)  # (name, passed|failed)
     lanes: set[Lane] = field(default_factory=set)
     in_flight: int = -1
     t0: float = 0.0  # the run's time zero (perf_counter)
@@ -205,6 +206,8 @@ def run(
             out.outcomes.update(s.outcomes)
             out.by_name.update({(s.name, o): n for o, n in s.outcomes.items()})
             out.timed += sum(n for o, n in s.outcomes.items() if o.endswith("xx"))
+            checks = {(s.name, "passed"): s.checks_passed, (s.name, "failed"): s.checks_failed}
+            out.checks.update({k: n for k, n in checks.items() if n})
             out.latencies += int(counts[3 * i])  # latency, service, send lag per series
 
     async def main() -> None:
@@ -299,6 +302,38 @@ def test_a_weighted_mix_runs_on_the_lane_in_its_proportions(server: Server) -> N
     total = len(out.seen)
     assert total > 400 and abs(out.paths["/plain"] / total - 0.75) < 0.02, out.paths
     assert out.lane_sends >= 0.9 * total
+
+
+def test_a_step_of_the_users_own_with_status_checks_runs_on_the_lane(server: Server) -> None:
+    """`?u=${user_id}` renders the same for all of a user's requests (it is rendered
+    once, when the user starts) and a status check needs no more than the status:
+    the lane carries the step, each user's requests carry its own id, and each
+    reply's two checks count as passed."""
+    check = [{"status": 200}, {"status": "2xx"}]
+    out = run(server, [{"name": "ok", "path": "/plain?u=${user_id}", "check": check}])
+    assert_recorded_once(out)
+    assert set(out.paths) == {f"/plain?u={u}" for u in range(4)}
+    assert out.outcomes == {"2xx": len(out.seen)} and len(out.seen) > 200
+    assert out.checks == {("ok", "passed"): 2 * len(out.seen)}
+    assert out.lane_sends >= 0.9 * len(out.seen)
+
+
+def test_a_status_its_check_refuses_goes_back_to_the_user_and_counts_failed(
+    server: Server,
+) -> None:
+    """A sequence whose second step gets a 503 where its check wants a 200: the lane
+    sends it, then hands its reply to the user, which counts the failure and sends
+    the next iteration's first step; the lane sends that one's successor again."""
+    steps = [
+        {"name": "ok", "path": "/plain", "check": [{"status": 200}]},
+        {"name": "busy", "path": "/busy?u=${user_id}", "check": [{"status": 200}]},
+    ]
+    out = run(server, steps, flow="sequence")
+    assert_recorded_once(out)
+    busy = sum(n for path, n in out.paths.items() if path.startswith("/busy?u="))
+    assert out.by_name == {("ok", "2xx"): out.paths["/plain"], ("busy", "5xx"): busy}
+    assert out.checks == {("ok", "passed"): out.paths["/plain"], ("busy", "failed"): busy}
+    assert busy > 100 and 0.45 * len(out.seen) <= out.lane_sends <= 0.55 * len(out.seen)
 
 
 @pytest.mark.parametrize("path", ["/chunked", "/close", "/extra"])
