@@ -14,8 +14,11 @@ latency, service time and send lag), and every 1 s interval is cut, binned
 into histograms and encoded as the Snapshot the agent would send (only the
 ZeroMQ link is left out). `--bare` measures the engines alone instead: 64
 coroutines calling `client.send` and counting replies. `--journey` gives each
-request what a typical journey step has: a templated query (`?u=${user_id}`,
-rendered per request) and a status check, judged and counted per reply.
+request what a typical journey step has: a templated query rendered per request
+(`?u=${user_id}&i=${iteration}`: the Python path) and a status check, judged and
+counted per reply; `--journey per-user` a query that stays the user's
+(`?u=${user_id}`, rendered once per user) and the same check, which the compiled
+lane carries.
 
 CPU is user + system time of the client process: `getrusage(RUSAGE_SELF)`
 over the measured window for the engines (with full measurement, after one
@@ -29,8 +32,8 @@ Prints figures only; nothing here asserts. All load goes to 127.0.0.1 and
 stops after the given duration. `bench/compare_peers.py` reuses this module
 to add hey to the comparison.
 
-    python bench/engine_bench.py [--duration 5] [--runs 3] [--concurrency 64] [--bare | --journey]
-        [--tls]
+    python bench/engine_bench.py [--duration 5] [--runs 3] [--concurrency 64] [--bare | --journey
+        [rendered | per-user]] [--tls]
 
 `--tls` serves nginx over TLS (a self-signed P-256 certificate; TLS 1.3) and runs
 every client on https without checking the certificate, as wrk and hey do not:
@@ -170,7 +173,7 @@ async def _agent_closed_loop(
     duration: float,
     concurrency: int,
     think: float = 0.0,
-    journey: bool = False,
+    journey: str = "",
 ) -> dict[str, float]:
     """The same closed loop, run by the agent's `Runner` with full measurement on.
 
@@ -212,7 +215,9 @@ async def _agent_closed_loop(
                 {
                     "name": "get",
                     "method": "GET",
-                    "path": "/" + (parts[3] if len(parts) > 3 else "") + (QUERY if journey else ""),
+                    "path": "/"
+                    + (parts[3] if len(parts) > 3 else "")
+                    + JOURNEY_QUERIES.get(journey, ""),
                     **(CHECK if journey else {}),
                 }
             ],
@@ -232,7 +237,7 @@ async def _agent_closed_loop(
     plan = Plan("engine-bench", scenario.wire(), Share(0.0, (1,), 0), time.time() + 0.1, interval)
     process = psutil.Process()
     process.cpu_percent(None)
-    counts = {"ok": 0, "errors": 0}
+    counts = {"ok": 0, "errors": 0, "checked": 0}
     marks: dict[int, tuple[float, resource.struct_rusage]] = {}
     runner: Runner
 
@@ -258,6 +263,7 @@ async def _agent_closed_loop(
         )
         if 1 <= index <= intervals:
             for s in series:
+                counts["checked"] += s.checks_passed
                 for outcome, n in s.outcomes.items():
                     counts["ok" if outcome == "2xx" else "errors"] += n
         if index in (0, intervals) and index not in marks:
@@ -267,6 +273,8 @@ async def _agent_closed_loop(
     await runner.run()
     if runner.engine != engine:
         raise SystemExit(f"the agent ran the {runner.engine} engine, not {engine}")
+    if journey and counts["checked"] != counts["ok"]:  # each 200 passes its status check
+        raise SystemExit(f"{counts['checked']} checks passed for {counts['ok']} replies of 200")
     (t0, usage0), (t1, usage1) = marks[0], marks[intervals]
     return {
         "requests": counts["ok"],
@@ -277,8 +285,9 @@ async def _agent_closed_loop(
     }
 
 
-# what --journey adds to the request: a query rendered per request, a status check
-QUERY = "?u=${user_id}"
+# what --journey adds to the request: a templated query (rendered per request, or
+# once per user) and a status check
+JOURNEY_QUERIES = {"rendered": "?u=${user_id}&i=${iteration}", "per-user": "?u=${user_id}"}
 CHECK = {"check": [{"status": 200}]}
 
 
@@ -289,7 +298,7 @@ def worker_main(
     concurrency: int,
     bare: bool,
     think: float,
-    journey: bool = False,
+    journey: str = "",
 ) -> None:
     import uvloop
 
@@ -419,7 +428,7 @@ def run_engine(
     duration: float,
     concurrency: int,
     bare: bool = False,
-    journey: bool = False,
+    journey: str = "",
 ) -> Run:
     """One measured run of a loadctl engine, in a fresh Python process pinned to core 0.
     `ENGINE-nolane` is ENGINE with the compiled extensions off (LOADCTL_NO_KERNEL=1): the
@@ -435,7 +444,7 @@ def run_engine(
     if bare:
         cmd.append("--bare")
     if journey:
-        cmd.append("--journey")
+        cmd += ["--journey", journey]
     out = subprocess.run(
         cmd, check=True, capture_output=True, text=True, timeout=duration + 60, env=env
     )
@@ -608,8 +617,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--journey",
-        action="store_true",
-        help="each request with a templated query and a status check (full measurement)",
+        nargs="?",
+        const="rendered",
+        default="",
+        choices=sorted(JOURNEY_QUERIES),
+        help="each request with a templated query (rendered per request, or once per "
+        "user) and a status check (full measurement)",
     )
     parser.add_argument(
         "--tls", action="store_true", help="nginx over TLS (self-signed), the clients on https"
@@ -639,7 +652,9 @@ def report(url: str, target: str, args: argparse.Namespace) -> None:
     print(f"target: {target} at {url}; {pinned}")
     measurement = "engines alone (--bare)" if args.bare else "full measurement (agent Runner)"
     if args.journey:
-        measurement += ", a templated query and a status check per request (--journey)"
+        measurement += (
+            f", a templated query ({args.journey}) and a status check per request (--journey)"
+        )
     print(
         f"loadctl: {measurement}; "
         f"closed loop, {args.concurrency} concurrent, {args.duration:g} s, "
