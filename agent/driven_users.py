@@ -168,7 +168,7 @@ class DrivenUser(Exchange):
             return None
         checks = {}
         for name in self.judged:
-            table = self.steps[name].status_table()
+            table = self.steps[name].status_table
             if table is None:
                 return None  # it extracts, reads the body, or goes on only if it passed
             checks[name] = table

@@ -16,6 +16,7 @@ the checks, and says whether the step failed (for `abort_on_fail`).
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import re
@@ -299,6 +300,7 @@ class Step:
         same for all of a user's requests, so it can be rendered once per user."""
         return self.templated and self.refs <= fixed
 
+    @functools.cached_property  # one for the run: every user of the step asks
     def status_table(self) -> tuple[bytes, int] | None:
         """For the compiled lane (agent/_lane.c): when every check of the step is a
         status check and it has nothing else to do with a reply (no extraction,
