@@ -242,7 +242,8 @@ def check(item: Check, view: ReplyView, state: UserState) -> bool:
 def status_matches(statuses: tuple[str, ...], status: int) -> bool:
     """Whether `status` is one of a status check's: "200", or a class such as "2xx"."""
     code = str(status)
-    return any(s == code or (s.endswith("xx") and s[0] == code[0]) for s in statuses)
+    in_class = len(code) == 3  # "4xx" is 400-499, not 4 or 40
+    return any(s == code or (in_class and s.endswith("xx") and s[0] == code[0]) for s in statuses)
 
 
 def same(value: Any, expected: Any) -> bool:

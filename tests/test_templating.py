@@ -13,7 +13,15 @@ import pytest
 from loadctl.agent.feeders import NO_ROW, Feeder
 from loadctl.agent.flows import FlowError, load_flow
 from loadctl.agent.http import Endpoint, HttpRequest, Reply
-from loadctl.agent.journey import ReplyView, Step, UserState, render, render_json
+from loadctl.agent.journey import (
+    ReplyView,
+    Step,
+    UserState,
+    fixed_names,
+    initial_vars,
+    render,
+    render_json,
+)
 from loadctl.agent.requests import prepare, steps
 from loadctl.coordinator.feeders import load_payload
 from loadctl.protocol.feeders import DataSource, parse_rows, shard
@@ -103,6 +111,52 @@ def test_static_requests_are_built_once_and_templated_ones_per_user() -> None:
     assert built.path == "/u/4" and ("X-Row", "r9") in built.headers
     requests = prepare(sc)
     assert "plain" in requests and "mine" not in requests  # rendered at each lookup
+
+
+def test_a_step_templated_only_with_the_users_own_names_is_rendered_once_per_user() -> None:
+    """`fixed_names`: the user's id and the scenario's variables, less any a step
+    extracts (its value changes when the extraction runs), never the row's fields or
+    the built-ins that change per request."""
+    sc = scenario(
+        {"name": "mine", "path": "/u/${user_id}/${region}"},
+        {"name": "login", "path": "/login", "extract": [{"var": "token", "json": "$.t"}]},
+        {"name": "authed", "path": "/me", "headers": {"Authorization": "Bearer ${token}"}},
+        {"name": "each", "path": "/i/${iteration}"},
+        {"name": "row", "path": "/r/${row.id}"},
+        {"name": "plain", "path": "/health"},
+        variables={"region": "eu", "token": "none"},
+    )
+    fixed = fixed_names(sc, initial_vars(sc))
+    assert fixed == {"user_id", "region"}
+    table = steps(sc)
+    assert [n for n, step in table.items() if step.per_user(fixed)] == ["mine"]
+    assert table["mine"].build(UserState(4, vars={"region": "eu"})).path == "/u/4/eu"
+
+
+def test_the_lane_takes_a_step_whose_checks_are_all_status_checks() -> None:
+    """`Step.status_table`: the statuses every status check accepts, a byte each, and
+    the checks each such reply passes; nothing for a step that does more."""
+    both = step_of(
+        {"name": "a", "path": "/a", "check": [{"status": [200, "3xx"]}, {"status": "2xx"}]}
+    )
+    table = both.status_table
+    assert table is not None and table[1] == 2 and len(table[0]) == 600
+    assert [s for s in range(600) if table[0][s]] == [200]
+    one = step_of({"name": "b", "path": "/b", "check": [{"status": [201, "4xx"]}]}).status_table
+    assert one is not None and [s for s in range(600) if one[0][s]] == [201, *range(400, 500)]
+    for spec in (
+        {"name": "c", "path": "/c"},  # nothing to check
+        {"name": "c", "path": "/c", "check": [{"status": 200}, {"body_contains": "ok"}]},
+        {"name": "c", "path": "/c", "check": [{"status": 200}], "once": True},
+        {"name": "c", "path": "/c", "check": [{"status": 200}], "abort_on_fail": True},
+        {
+            "name": "c",
+            "path": "/c",
+            "check": [{"status": 200}],
+            "extract": [{"var": "v", "json": "$.v"}],
+        },
+    ):
+        assert step_of(spec).status_table is None, spec
 
 
 # -- JSON paths, extraction, checks ---------------------------------------------------------
