@@ -118,7 +118,7 @@ class Coordinator:
         self.share_history = ShareHistory()  # every share sent: rows for mid-run joiners
         self.start_at = 0.0
         self.ended_at = 0.0
-        self.engine_notes: set[str] = set()
+        self.engine_notes: set[str] = set(scenario.notes())
         self.agent_errors: list[str] = []
         self._interrupt = False
         self._last_beat = 0.0

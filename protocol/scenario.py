@@ -150,6 +150,18 @@ class Scenario:
         """The `chaos:` fault windows (coordinator-driven; agents ignore them)."""
         return chaos_of(self.source, self.duration)
 
+    def notes(self) -> list[str]:
+        """What the scenario does that its author may not expect (for the summary)."""
+        out = []
+        for phase in self.phases:
+            weights = [self.request(n).weight for n in phase.requests]
+            if phase.flow == "sequence" and len(set(weights)) > 1:
+                out.append(
+                    f"phase {phase.name}: each user sends its requests in sequence, each once "
+                    "per iteration, so their weights do not count; flow: mix picks by weight"
+                )
+        return out
+
     def request(self, name: str) -> RequestSpec:
         for r in self.requests:
             if r.name == name:

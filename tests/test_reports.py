@@ -76,6 +76,8 @@ def test_files_and_their_numbers(run: ClusterRun) -> None:
         assert (run.out_dir / name).stat().st_size > 0, name
     data = run.data
     assert [t["ok"] for t in data["thresholds"]] == [True, False, True]
+    # the users phase's weights: its flow is a sequence, so they do not count
+    assert any("phase users:" in note and "weights" in note for note in data["engine_notes"])
     with (run.out_dir / "timeline.csv").open(encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     by_name: dict[str, int] = {}

@@ -108,6 +108,22 @@ def test_constant_users() -> None:
     assert p.flow == "sequence"
 
 
+def test_weights_in_a_sequence_are_noted_for_the_summary() -> None:
+    """A users phase sends its requests in sequence unless it says `flow: mix`: weights
+    given to them then do nothing, which the run's notes say; a mix, an arrival-rate
+    phase or equal weights get no note."""
+    users = {"executor": "constant-users", "users": 2, "duration": "1s"}
+    data = base()
+    data["phases"] = [dict(users)]
+    data["requests"][0]["weight"] = 3
+    (note,) = Scenario.from_dict(data).notes()
+    assert "phase constant-users-1:" in note and "weights do not count" in note and "flow: mix" in note
+    data["phases"][0]["flow"] = "mix"
+    assert Scenario.from_dict(data).notes() == []
+    assert Scenario.from_dict({**base(), "requests": data["requests"]}).notes() == []
+    assert Scenario.from_dict({**base(), "phases": [users]}).notes() == []  # weights alike
+
+
 def test_ramping_users() -> None:
     data = base()
     data["phases"] = [
