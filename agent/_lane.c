@@ -32,10 +32,11 @@
  *   `_lane_complete`, which completes it the Python way: the user records it,
  *   checks the stop, the interval and the dead-man switch, and sends on.
  *
- * - Checks: a series may come with the statuses its checks accept (`checks`: every
- *   check of its step is a `status` check, the commonest). A reply whose status they
- *   accept counts the step's checks as passed; any other is handed back, and the
- *   user judges it as it judges every reply (it counts, and logs, the failure).
+ * - Checks: a series may come with what its checks accept (`checks`: every check of
+ *   its step is a `status` or `latency_under` check, the commonest): the statuses,
+ *   and a latency to stay under. A reply they accept counts the step's checks as
+ *   passed; any other is handed back, and the user judges it as it judges every
+ *   reply (it counts, and logs, the failure).
  *
  * What the lane records per series (arrivals, outcomes by class, bytes, checks passed,
  * one latency
@@ -192,8 +193,9 @@ typedef struct {
     long long arrivals, counts[4], bytes_in, checks_passed;
     double *seconds; /* one latency per reply */
     Py_ssize_t n, cap;
-    unsigned char *accept; /* STATUSES bytes, or NULL: no checks, any status goes on */
+    unsigned char *accept; /* STATUSES bytes, or NULL: no checks, any reply goes on */
     long long checks;      /* the checks an accepted reply passes */
+    double under;          /* and the latency it must stay under (seconds) */
 } Record;
 
 typedef struct {
@@ -229,7 +231,8 @@ static void lane_free_arrays(Lane *self) {
     self->timeouts = NULL;
 }
 
-/* A series' checks, from `checks` (name -> (accepted statuses, checks)), if it has any. */
+/* A series' checks, from `checks` (name -> (accepted statuses, checks, latency to stay
+ * under)), if it has any. */
 static int series_checks(Record *r, PyObject *checks, PyObject *name) {
     if (checks == NULL || checks == Py_None) return 0;
     PyObject *item = PyDict_GetItemWithError(checks, name);
@@ -237,12 +240,15 @@ static int series_checks(Record *r, PyObject *checks, PyObject *name) {
     PyObject *accept;
     long long n;
     if (!PyTuple_Check(item)) {
-        PyErr_SetString(PyExc_TypeError, "a series' checks are a tuple (accepted, count)");
+        PyErr_SetString(PyExc_TypeError,
+                        "a series' checks are a tuple (accepted, count, under)");
         return -1;
     }
-    if (!PyArg_ParseTuple(item, "SL", &accept, &n)) return -1;
-    if (PyBytes_GET_SIZE(accept) != STATUSES || n < 1) {
-        PyErr_SetString(PyExc_ValueError, "a series' checks are (600 bytes, a count >= 1)");
+    double under;
+    if (!PyArg_ParseTuple(item, "SLd", &accept, &n, &under)) return -1;
+    if (PyBytes_GET_SIZE(accept) != STATUSES || n < 1 || !(under > 0)) {
+        PyErr_SetString(PyExc_ValueError,
+                        "a series' checks are (600 bytes, a count >= 1, seconds > 0)");
         return -1;
     }
     r->accept = PyMem_Malloc(STATUSES);
@@ -252,11 +258,12 @@ static int series_checks(Record *r, PyObject *checks, PyObject *name) {
     }
     memcpy(r->accept, PyBytes_AS_STRING(accept), STATUSES);
     r->checks = n;
+    r->under = under;
     return 0;
 }
 
 /* Lane(driver, cycle, waiters, phase, checks=None): cycle is a sequence of (wire,
- * timeout, name); checks a dict of name -> (accepted statuses, checks). */
+ * timeout, name); checks a dict of name -> (accepted statuses, checks, under). */
 static int lane_init(Lane *self, PyObject *args, PyObject *kwds) {
     static char *kw[] = {"driver", "cycle", "waiters", "phase", "checks", NULL};
     PyObject *driver, *cycle, *waiters, *phase, *checks = NULL;
@@ -468,7 +475,7 @@ static PyTypeObject LaneType = {
     .tp_doc = PyDoc_STR("Lane(driver, cycle, waiters, phase, checks=None): a user's closed "
                         "loop over a cycle of static requests ((wire, timeout, name), ...), "
                         "run by its connection; checks: {name: (accepted statuses as 600 "
-                        "bytes, checks passed by each)}."),
+                        "bytes, checks passed by each, latency to stay under)}."),
     .tp_basicsize = sizeof(Lane),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_new = PyType_GenericNew,
@@ -553,7 +560,8 @@ static PyObject *complete(ConnCore *self, int keep) {
     int go = keep && lane->enabled && end < lane->until && self->writer != NULL &&
              lane->waiters != NULL; /* NULL: cleared by the garbage collector */
     Record *r = &lane->records[lane->series[lane->pos]];
-    if (go && r->accept != NULL) go = r->accept[status]; /* else the user judges it */
+    if (go && r->accept != NULL) /* else the user judges it */
+        go = r->accept[status] && end - lane->sent < r->under;
     if (go) {
         Py_ssize_t waiting = PyObject_Length(lane->waiters);
         if (waiting < 0) return NULL;

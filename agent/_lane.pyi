@@ -18,7 +18,7 @@ class Lane:
         cycle: Sequence[tuple[bytes, float, str]],
         waiters: Sized,
         phase: str,
-        checks: Mapping[str, tuple[bytes, int]] | None = None,
+        checks: Mapping[str, tuple[bytes, int, float]] | None = None,
     ) -> None: ...
     def take(self) -> list[tuple[str, int, tuple[int, int, int, int], int, int, bytes]]: ...
 

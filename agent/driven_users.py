@@ -25,8 +25,8 @@ next row when an iteration starts; a user whose feeder has no row left ends.
 A user that sends the same requests again and again (one, a sequence, or a mix:
 static, or templated only with what stays the user's, such as `${user_id}`, and
 then rendered once when the user starts), with no think time, no data rows and
-nothing to judge in its replies but their status (the commonest heavy load), goes
-one step further: its `Lane` (agent/_lane.c) lets its connection record
+nothing to judge in its replies but their status and latency (the commonest heavy
+load), goes one step further: its `Lane` (agent/_lane.c) lets its connection record
 each reply and write the next request in C, with no Python call at all, until the
 interval ends, the dead-man switch's time comes, the user stops or the run aborts
 (`Lane.enabled`, cleared by `_User.stop` and `Runner.abort`), another request
@@ -161,14 +161,14 @@ class DrivenUser(Exchange):
     def _make_lane(self, feeder: Feeder | None) -> Lane | None:
         """The user's compiled lane (agent/_lane.c), if it can have one: requests
         ready for all of the user's life (`ready`) to one server, with nothing to judge
-        in their replies but status checks, no think time and no data rows. Its cycle
+        in their replies but status and latency checks, no think time and no data rows. Its cycle
         is the sequence's steps, or one period of the mix's picks (`_lane_pos` says
         where the user is in it)."""
         if LANE is None or feeder is not None or self.pause is not None:
             return None
         checks = {}
         for name in self.judged:
-            table = self.steps[name].status_table
+            table = self.steps[name].lane_checks
             if table is None:
                 return None  # it extracts, reads the body, or goes on only if it passed
             checks[name] = table

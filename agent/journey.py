@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import random
 import re
 import time
@@ -302,20 +303,21 @@ class Step:
         return self.templated and self.refs <= fixed
 
     @functools.cached_property  # one for the run: every user of the step asks
-    def status_table(self) -> tuple[bytes, int] | None:
+    def lane_checks(self) -> tuple[bytes, int, float] | None:
         """For the compiled lane (agent/_lane.c): when every check of the step is a
-        status check and it has nothing else to do with a reply (no extraction,
-        `once` or `abort_on_fail`), the statuses they all accept (a byte per status
-        0-599) and how many checks each such reply passes; else None."""
+        status or latency_under check and it has nothing else to do with a reply (no
+        extraction, `once` or `abort_on_fail`), the statuses they all accept (a byte
+        per status 0-599), how many checks each reply they accept passes, and the
+        latency (seconds) it must stay under; else None."""
         spec = self.spec
         if not self.checks or self.extracts or spec.once or spec.abort_on_fail:
             return None
-        if any(c.kind != "status" for c in self.checks):
+        if any(c.kind not in ("status", "latency_under") for c in self.checks):
             return None
-        accept = bytes(
-            all(status_matches(c.statuses, status) for c in self.checks) for status in range(600)
-        )
-        return accept, len(self.checks)
+        statuses = [c.statuses for c in self.checks if c.kind == "status"]
+        accept = bytes(all(status_matches(s, code) for s in statuses) for code in range(600))
+        under = min((c.seconds for c in self.checks if c.kind == "latency_under"), default=math.inf)
+        return accept, len(self.checks), under
 
     def build(self, state: UserState) -> HttpRequest:
         if not self.templated:

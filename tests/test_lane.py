@@ -336,6 +336,23 @@ def test_a_status_its_check_refuses_goes_back_to_the_user_and_counts_failed(
     assert busy > 100 and 0.45 * len(out.seen) <= out.lane_sends <= 0.55 * len(out.seen)
 
 
+def test_latency_checks_run_on_the_lane_and_a_slow_reply_fails_in_python(
+    server: Server,
+) -> None:
+    """`latency_under`: replies within it pass on the lane; a reply whose body comes
+    2 ms after its head cannot be under 1 ms, so the lane hands each one back and the
+    user counts it failed."""
+    quick = run(server, [{"name": "q", "path": "/plain", "check": [{"latency_under": "1s"}]}])
+    assert_recorded_once(quick)
+    assert quick.checks == {("q", "passed"): len(quick.seen)} and len(quick.seen) > 200
+    assert quick.lane_sends >= 0.9 * len(quick.seen)
+    slow_step = {"name": "s", "path": "/body-later", "check": [{"latency_under": "1ms"}]}
+    slow = run(server, [slow_step])
+    assert_recorded_once(slow)
+    assert slow.checks == {("s", "failed"): len(slow.seen)} and len(slow.seen) > 50
+    assert slow.lane_sends == 0
+
+
 @pytest.mark.parametrize("path", ["/chunked", "/close", "/extra"])
 def test_replies_the_lane_does_not_take_go_the_python_way(server: Server, path: str) -> None:
     """Chunked bodies (llhttp frames them), and replies after which the connection

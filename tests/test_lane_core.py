@@ -66,7 +66,7 @@ def core_type() -> type:
 
 def setup(
     cycle: list[tuple[bytes, float, str]] | None = None,
-    checks: dict[str, tuple[bytes, int]] | None = None,
+    checks: dict[str, tuple[bytes, int, float]] | None = None,
 ) -> tuple[Any, Any, Driver, collections.deque[Any]]:
     """A connection with a lane whose request (the cycle's first) is in flight."""
     assert fast_conn.LANE is not None
@@ -166,7 +166,7 @@ def test_the_lane_hands_the_reply_back_when_it_may_not_go_on(why: str) -> None:
 def test_a_status_its_checks_accept_passes_them_and_the_lane_goes_on() -> None:
     """`a` has two status checks that a 200 passes: each 200 counts both as passed;
     `b` has none, and any status goes on."""
-    conn, lane, driver, _ = setup(checks={"a": (accepting(200, 201), 2)})
+    conn, lane, driver, _ = setup(checks={"a": (accepting(200, 201), 2, math.inf)})
     conn.data_received(PLAIN)  # a's reply
     conn.data_received(BUSY)  # b's
     conn.data_received(PLAIN)  # a's again
@@ -180,12 +180,26 @@ def test_a_status_its_checks_accept_passes_them_and_the_lane_goes_on() -> None:
 def test_a_status_its_checks_refuse_is_handed_back_for_the_user_to_judge() -> None:
     """A 503 where the checks want a 200: the lane neither records nor counts it; the
     user gets it (`_lane_complete`), as it gets every reply the lane does not take."""
-    conn, lane, driver, _ = setup(checks={"a": (accepting(200), 1)})
+    conn, lane, driver, _ = setup(checks={"a": (accepting(200), 1, math.inf)})
     conn.data_received(BUSY)
     assert conn.written == [] and conn.lane is None and lane.sends == 0
     assert conn.handed_back == [(503, len(BUSY), True)]
     assert driver.detached == [(lane.sent, conn.deadline, 0)]
     assert lane.take() == []
+
+
+def test_a_reply_slower_than_its_latency_check_is_handed_back() -> None:
+    """`latency_under`: a reply within the time passes; one past it goes to the user."""
+    conn, lane, driver, _ = setup(checks={"a": (accepting(*range(200, 600)), 1, 0.05)})
+    conn.data_received(PLAIN)  # a, at once
+    conn.data_received(BUSY)  # b: no checks
+    lane.sent = time.perf_counter() - 0.06  # a's next reply comes 60 ms after its send
+    conn.data_received(PLAIN)
+    assert conn.written == [b"GET /b", b"GET /a"] and lane.sends == 2
+    assert conn.handed_back == [(200, len(PLAIN), True)] and conn.lane is None
+    taken = {name: rest for name, *rest in lane.take()}
+    assert taken["a"][:4] == [1, (1, 0, 0, 0), len(PLAIN), 1]
+    assert driver.detached == [(lane.sent, conn.deadline, 2)]
 
 
 def test_detach_lane_tells_the_user_and_is_idempotent() -> None:
@@ -219,13 +233,17 @@ def test_what_it_refuses() -> None:
         lane.__init__(Driver(), [(b"GET /", 1.0, "a")], collections.deque(), "p")
     cycle = [(b"GET /", 1.0, "a")]
     with pytest.raises(TypeError, match="dict"):
-        Lane(Driver(), cycle, collections.deque(), "p", [("a", (accepting(200), 1))])
+        Lane(Driver(), cycle, collections.deque(), "p", [("a", (accepting(200), 1, math.inf))])
     with pytest.raises(ValueError, match="600 bytes"):
-        Lane(Driver(), cycle, collections.deque(), "p", {"a": (accepting(200)[:599], 1)})
+        Lane(Driver(), cycle, collections.deque(), "p", {"a": (accepting(200)[:599], 1, math.inf)})
     with pytest.raises(ValueError, match="600 bytes"):
-        Lane(Driver(), cycle, collections.deque(), "p", {"a": (accepting(200), 0)})
+        Lane(Driver(), cycle, collections.deque(), "p", {"a": (accepting(200), 0, math.inf)})
     with pytest.raises(TypeError):
         Lane(Driver(), cycle, collections.deque(), "p", {"a": "200"})
+    with pytest.raises(ValueError, match="seconds > 0"):
+        Lane(Driver(), cycle, collections.deque(), "p", {"a": (accepting(200), 1, 0.0)})
+    with pytest.raises(TypeError):
+        Lane(Driver(), cycle, collections.deque(), "p", {"a": (accepting(200), 1)})
 
 
 def test_a_writer_that_raises_propagates() -> None:
@@ -251,7 +269,7 @@ def test_it_keeps_no_memory_from_reply_to_reply() -> None:
             if i % 1000 == 999:
                 lane.take()
                 conn.written.clear()
-        other, other_lane, _, _ = setup(checks={"a": (accepting(200), 1)})  # freed too
+        other, other_lane, _, _ = setup(checks={"a": (accepting(200), 1, math.inf)})  # freed too
         other.data_received(PLAIN)
         other.detach_lane()
         other_lane.take()

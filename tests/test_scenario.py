@@ -117,7 +117,9 @@ def test_weights_in_a_sequence_are_noted_for_the_summary() -> None:
     data["phases"] = [dict(users)]
     data["requests"][0]["weight"] = 3
     (note,) = Scenario.from_dict(data).notes()
-    assert "phase constant-users-1:" in note and "weights do not count" in note and "flow: mix" in note
+    assert (
+        "phase constant-users-1:" in note and "weights do not count" in note and "flow: mix" in note
+    )
     data["phases"][0]["flow"] = "mix"
     assert Scenario.from_dict(data).notes() == []
     assert Scenario.from_dict({**base(), "requests": data["requests"]}).notes() == []

@@ -4,6 +4,7 @@ validation, data sharding and feeders, flow loading."""
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 from typing import Any
@@ -133,17 +134,24 @@ def test_a_step_templated_only_with_the_users_own_names_is_rendered_once_per_use
     assert table["mine"].build(UserState(4, vars={"region": "eu"})).path == "/u/4/eu"
 
 
-def test_the_lane_takes_a_step_whose_checks_are_all_status_checks() -> None:
-    """`Step.status_table`: the statuses every status check accepts, a byte each, and
-    the checks each such reply passes; nothing for a step that does more."""
+def test_the_lane_takes_a_step_whose_checks_are_all_status_or_latency_checks() -> None:
+    """`Step.lane_checks`: the statuses every status check accepts, a byte each, the
+    checks each such reply passes, and the least latency_under; nothing for a step
+    that does more."""
     both = step_of(
         {"name": "a", "path": "/a", "check": [{"status": [200, "3xx"]}, {"status": "2xx"}]}
     )
-    table = both.status_table
-    assert table is not None and table[1] == 2 and len(table[0]) == 600
+    table = both.lane_checks
+    assert table is not None and table[1:] == (2, math.inf) and len(table[0]) == 600
     assert [s for s in range(600) if table[0][s]] == [200]
-    one = step_of({"name": "b", "path": "/b", "check": [{"status": [201, "4xx"]}]}).status_table
+    one = step_of({"name": "b", "path": "/b", "check": [{"status": [201, "4xx"]}]}).lane_checks
     assert one is not None and [s for s in range(600) if one[0][s]] == [201, *range(400, 500)]
+    timed = [{"latency_under": "200ms"}, {"status": 200}, {"latency_under": "50ms"}]
+    fast = step_of({"name": "f", "path": "/f", "check": timed}).lane_checks
+    assert fast is not None and fast[1:] == (3, 0.05)
+    assert [s for s in range(600) if fast[0][s]] == [200]
+    any_status = step_of({"name": "t", "path": "/t", "check": timed[:1]}).lane_checks
+    assert any_status is not None and any_status[0] == bytes([1] * 600)
     for spec in (
         {"name": "c", "path": "/c"},  # nothing to check
         {"name": "c", "path": "/c", "check": [{"status": 200}, {"body_contains": "ok"}]},
@@ -156,7 +164,7 @@ def test_the_lane_takes_a_step_whose_checks_are_all_status_checks() -> None:
             "extract": [{"var": "v", "json": "$.v"}],
         },
     ):
-        assert step_of(spec).status_table is None, spec
+        assert step_of(spec).lane_checks is None, spec
 
 
 # -- JSON paths, extraction, checks ---------------------------------------------------------
