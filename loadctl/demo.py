@@ -54,6 +54,7 @@ def demo_scenario(target: str, seconds: float) -> dict[str, Any]:
                 "executor": "constant-users",
                 "users": 50,
                 "think": "50ms",
+                "flow": "mix",  # each iteration one request, by the weights above
                 "duration": part,
             },
         ],
