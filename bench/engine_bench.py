@@ -28,7 +28,8 @@ whole wrk process for wrk (so wrk's start-up is counted against it; a few ms
 in 5 s).
 
 Without nginx, the target is an aiohttp server; without wrk, no reference.
-Prints figures only; nothing here asserts. All load goes to 127.0.0.1 and
+Prints figures only; nothing here asserts a speed (a journey run whose checks
+do not add up stops with a message). All load goes to 127.0.0.1 and
 stops after the given duration. `bench/compare_peers.py` reuses this module
 to add hey to the comparison.
 
