@@ -303,18 +303,26 @@ def _load_tls(scenario: Scenario, base: Path) -> tuple[dict[str, bytes], list[st
     without a certificate, a key that is not the certificate's: a scenario error),
     and the summary's notes on them."""
     d = scenario.defaults
-    named = ((CA_FILE_KEY, d.tls_ca), (CERT_FILE_KEY, d.tls_cert), (KEY_FILE_KEY, d.tls_key))
-    paths = {key: _resolve(file, base) for key, file in named if file is not None}
-    at = {CA_FILE_KEY: "ca", CERT_FILE_KEY: "cert", KEY_FILE_KEY: "key"}
-    files = {key: _read(path, ("defaults", "tls", at[key])) for key, path in paths.items()}
-    try:
-        client_context(d.tls_verify, files.get(CA_FILE_KEY))
-    except (ssl.SSLError, ValueError):
-        raise ScenarioError(
-            ("defaults", "tls", "ca"),
-            f"{paths[CA_FILE_KEY]} holds no PEM certificate: give the CA's certificate, "
-            "BEGIN CERTIFICATE",
-        ) from None
+    named = (
+        (CA_FILE_KEY, "ca", d.tls_ca),
+        (CERT_FILE_KEY, "cert", d.tls_cert),
+        (KEY_FILE_KEY, "key", d.tls_key),
+    )
+    paths: dict[str, Path] = {}
+    files: dict[str, bytes] = {}
+    for key, field_name, file in named:
+        if file is not None:
+            paths[key] = _resolve(file, base)
+            files[key] = _read(paths[key], ("defaults", "tls", field_name))
+    if CA_FILE_KEY in files:
+        try:
+            client_context(d.tls_verify, files[CA_FILE_KEY])
+        except (ssl.SSLError, ValueError):
+            raise ScenarioError(
+                ("defaults", "tls", "ca"),
+                f"{paths[CA_FILE_KEY]} holds no PEM certificate: give the CA's certificate, "
+                "BEGIN CERTIFICATE",
+            ) from None
     notes = []
     if CA_FILE_KEY in paths:
         notes.append(
